@@ -1,0 +1,422 @@
+"""Auto-charge of platform invoices through Stripe, with a dunning schedule.
+
+The protocol that keeps a customer from being charged twice:
+1. Commit a charge attempt whose idempotency key is derived from the invoice
+   and the attempt's number in the dunning sequence.
+2. Confirm an off-session PaymentIntent with that key and explicit timeouts.
+3. Record the outcome and the invoice status in one transaction.
+A job that dies between 2 and 3 is redelivered, finds the pending attempt,
+and sends the same key again: Stripe replays the saved response.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from typing import Any
+
+import stripe
+from pydantic import Field
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from actors.errors import PermanentJobError
+from actors.ledger import JobRequest, enqueue_many
+from actors.registry import JobParams, job_type
+from actors.stripe_calls import call_stripe
+from infra.db import transaction
+from infra.settings import get_settings
+from infra.stripe_client import get_stripe
+from models.billing import ChargeAttempt, ChargeOutcome, InvoiceStatus, PlatformInvoice
+from models.notifications import Notification
+from models.tenants import Tenant, TenantStatus
+
+logger = logging.getLogger(__name__)
+
+# Declines that fail again on the same card: retrying them only adds to the
+# card network's count of retries, so the invoice waits for a new card.
+HARD_DECLINE_CODES = frozenset(
+    {
+        "authentication_required",
+        "card_not_supported",
+        "do_not_honor",
+        "expired_card",
+        "fraudulent",
+        "incorrect_number",
+        "invalid_account",
+        "lost_card",
+        "merchant_blacklist",
+        "pickup_card",
+        "restricted_card",
+        "revocation_of_all_authorizations",
+        "revocation_of_authorization",
+        "security_violation",
+        "stolen_card",
+        "stop_payment_order",
+    }
+)
+DUE_PAGE_SIZE = 500
+
+
+class ChargeInvoiceParams(JobParams):
+    invoice_id: int = Field(gt=0)
+    attempt_number: int = Field(
+        1, ge=1, le=50, description="Position of this charge in the dunning sequence."
+    )
+
+
+class ChargeDueInvoicesParams(JobParams):
+    slot: str | None = Field(
+        None, description="Schedule slot that triggered the run, if any."
+    )
+
+
+def idempotency_key(invoice_id: int, attempt_number: int) -> str:
+    """Derive the Stripe idempotency key from business ids, never a random value."""
+    return f"vetqueue-platform-invoice-{invoice_id}-attempt-{attempt_number}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingCharge:
+    """What the Stripe call needs, read in the transaction that opened the attempt."""
+
+    attempt_id: int
+    invoice_id: int
+    tenant_id: int
+    attempt_number: int
+    key: str
+    amount_cents: int
+    currency: str
+    customer: str
+    payment_method: str
+
+
+@job_type(
+    queue="charges",
+    params=ChargeInvoiceParams,
+    time_limit_ms=lambda s: int(
+        (s.stripe_slot_wait_s + s.charge_time_budget_s + s.stripe_read_timeout_s + 30)
+        * 1000
+    ),
+    max_retries=8,
+    min_backoff_ms=30_000,
+    max_backoff_ms=6 * 3600_000,
+    natural_key=lambda p: f"charge-invoice:{p.invoice_id}:{p.attempt_number}",
+)
+def charge_invoice(params: ChargeInvoiceParams) -> dict[str, Any]:
+    """Charge one invoice once for one attempt of its dunning sequence."""
+    with transaction() as session:
+        pending = _open_attempt(session, params)
+    if not isinstance(pending, PendingCharge):
+        return pending
+
+    try:
+        intent = call_stripe(
+            lambda: _confirm_payment_intent(pending),
+            description=f"invoice {pending.invoice_id} #{pending.attempt_number}",
+        )
+    except stripe.CardError as decline:
+        return _record_decline(pending, decline)
+    except (
+        stripe.InvalidRequestError,
+        stripe.IdempotencyError,
+        stripe.AuthenticationError,
+        stripe.PermissionError,
+    ) as error:
+        _record_error(pending, error)
+        raise PermanentJobError(f"Stripe rejected the charge: {error}") from error
+
+    return _record_success(pending, intent)
+
+
+def _open_attempt(
+    session: Session, params: ChargeInvoiceParams
+) -> PendingCharge | dict[str, Any]:
+    """Return the attempt to send, reusing a pending one, or a result saying why not."""
+    invoice = session.get(PlatformInvoice, params.invoice_id, with_for_update=True)
+    if invoice is None:
+        raise PermanentJobError(f"platform invoice {params.invoice_id} not found")
+    if invoice.status in (InvoiceStatus.PAID, InvoiceStatus.UNCOLLECTIBLE):
+        return {"invoice_id": invoice.id, "skipped": f"invoice is {invoice.status}"}
+
+    attempt = session.scalar(
+        select(ChargeAttempt).where(
+            ChargeAttempt.invoice_id == invoice.id,
+            ChargeAttempt.attempt_number == params.attempt_number,
+        )
+    )
+    if attempt is not None and attempt.outcome != ChargeOutcome.PENDING:
+        return {
+            "invoice_id": invoice.id,
+            "skipped": f"attempt {attempt.attempt_number} already {attempt.outcome}",
+        }
+
+    tenant = session.get(Tenant, invoice.tenant_id)
+    assert tenant is not None
+    if attempt is None:
+        refusal = _why_not_due(invoice, params.attempt_number)
+        if refusal:
+            return {"invoice_id": invoice.id, "skipped": refusal}
+        if not (tenant.stripe_customer_id and tenant.stripe_payment_method_id):
+            invoice.awaiting_payment_method = True
+            invoice.next_attempt_at = None
+            return {"invoice_id": invoice.id, "skipped": "tenant has no payment method"}
+
+        attempt = ChargeAttempt(
+            invoice_id=invoice.id,
+            attempt_number=params.attempt_number,
+            idempotency_key=idempotency_key(invoice.id, params.attempt_number),
+            amount_cents=invoice.amount_due_cents,
+            currency=invoice.currency,
+        )
+        session.add(attempt)
+        invoice.attempt_count = params.attempt_number
+        session.flush()
+
+    return PendingCharge(
+        attempt_id=attempt.id,
+        invoice_id=invoice.id,
+        tenant_id=tenant.id,
+        attempt_number=attempt.attempt_number,
+        key=attempt.idempotency_key,
+        amount_cents=attempt.amount_cents,
+        currency=attempt.currency,
+        customer=tenant.stripe_customer_id or "",
+        payment_method=tenant.stripe_payment_method_id or "",
+    )
+
+
+def _why_not_due(invoice: PlatformInvoice, attempt_number: int) -> str | None:
+    if attempt_number != invoice.attempt_count + 1:
+        return (
+            f"attempt {attempt_number} is not next; "
+            f"{invoice.attempt_count} attempts were made"
+        )
+    if invoice.awaiting_payment_method:
+        return "invoice is waiting for a new payment method"
+    now = dt.datetime.now(dt.UTC)
+    if invoice.next_attempt_at is not None and invoice.next_attempt_at > now:
+        return f"next attempt is due at {invoice.next_attempt_at.isoformat()}"
+    return None
+
+
+def _confirm_payment_intent(pending: PendingCharge) -> stripe.PaymentIntent:
+    return get_stripe().v1.payment_intents.create(
+        params={
+            "amount": pending.amount_cents,
+            "currency": pending.currency,
+            "customer": pending.customer,
+            "payment_method": pending.payment_method,
+            "confirm": True,
+            "off_session": True,
+            "description": f"vetqueue platform invoice {pending.invoice_id}",
+            "metadata": {
+                "invoice_id": str(pending.invoice_id),
+                "tenant_id": str(pending.tenant_id),
+                "attempt_number": str(pending.attempt_number),
+            },
+        },
+        options={"idempotency_key": pending.key},
+    )
+
+
+def _lock(
+    session: Session, pending: PendingCharge
+) -> tuple[PlatformInvoice, ChargeAttempt]:
+    invoice = session.get(PlatformInvoice, pending.invoice_id, with_for_update=True)
+    attempt = session.get(ChargeAttempt, pending.attempt_id, with_for_update=True)
+    assert invoice is not None and attempt is not None
+    return invoice, attempt
+
+
+def _record_success(
+    pending: PendingCharge, intent: stripe.PaymentIntent
+) -> dict[str, Any]:
+    with transaction() as session:
+        invoice, attempt = _lock(session, pending)
+        if attempt.outcome == ChargeOutcome.PENDING:
+            attempt.outcome = ChargeOutcome.SUCCEEDED
+            attempt.stripe_payment_intent_id = intent.id
+            attempt.finished_at = func.now()
+        if invoice.status != InvoiceStatus.PAID:
+            invoice.status = InvoiceStatus.PAID
+            invoice.amount_due_cents = 0
+            invoice.paid_at = func.now()
+            invoice.next_attempt_at = None
+            invoice.stripe_payment_intent_id = intent.id
+        _restore_tenant_if_settled(session, invoice.tenant_id)
+    logger.info(
+        "invoice paid",
+        extra={"invoice_id": pending.invoice_id, "tenant_id": pending.tenant_id},
+    )
+    return {
+        "invoice_id": pending.invoice_id,
+        "outcome": "paid",
+        "payment_intent": intent.id,
+    }
+
+
+def _record_decline(
+    pending: PendingCharge, decline: stripe.CardError
+) -> dict[str, Any]:
+    code = (decline.error.decline_code if decline.error else None) or decline.code
+    code = code or "card_declined"
+    hard = code in HARD_DECLINE_CODES
+    schedule = get_settings().dunning_retry_days
+    final = not hard and pending.attempt_number > len(schedule)
+
+    with transaction() as session:
+        invoice, attempt = _lock(session, pending)
+        if attempt.outcome != ChargeOutcome.PENDING:
+            return {"invoice_id": invoice.id, "skipped": "outcome already recorded"}
+        attempt.outcome = ChargeOutcome.DECLINED
+        attempt.decline_code = code
+        attempt.error = str(decline.user_message or decline)[:1000]
+        attempt.finished_at = func.now()
+        invoice.last_decline_code = code
+
+        if hard:
+            invoice.status = InvoiceStatus.PAYMENT_FAILED
+            invoice.awaiting_payment_method = True
+            invoice.next_attempt_at = None
+            next_step = "waiting for a new payment method"
+        elif final:
+            invoice.status = InvoiceStatus.UNCOLLECTIBLE
+            invoice.next_attempt_at = None
+            session.execute(
+                Tenant.__table__.update()
+                .where(Tenant.id == invoice.tenant_id)
+                .values(status=TenantStatus.PAST_DUE)
+            )
+            next_step = "invoice is uncollectible after the last attempt"
+        else:
+            delay = dt.timedelta(days=schedule[pending.attempt_number - 1])
+            invoice.status = InvoiceStatus.PAYMENT_FAILED
+            invoice.next_attempt_at = dt.datetime.now(dt.UTC) + delay
+            next_step = f"next attempt at {invoice.next_attempt_at:%Y-%m-%d %H:%M} UTC"
+
+        _notify(
+            session,
+            tenant_id=invoice.tenant_id,
+            kind="platform_charge_declined",
+            dedup_key=f"charge-declined:{attempt.id}",
+            message=(
+                f"The charge of {invoice.amount_due_cents / 100:.2f} "
+                f"{invoice.currency.upper()} for the {invoice.period} platform invoice "
+                f"was declined ({code}); {next_step}."
+            ),
+            data={"invoice_id": invoice.id, "decline_code": code, "hard": hard},
+        )
+        result = {
+            "invoice_id": invoice.id,
+            "outcome": "declined",
+            "decline_code": code,
+            "invoice_status": invoice.status.value,
+            "next_attempt_at": invoice.next_attempt_at.isoformat()
+            if invoice.next_attempt_at
+            else None,
+        }
+    logger.info(
+        "charge declined (%s): %s",
+        code,
+        next_step,
+        extra={"invoice_id": pending.invoice_id, "tenant_id": pending.tenant_id},
+    )
+    return result
+
+
+def _record_error(pending: PendingCharge, error: stripe.StripeError) -> None:
+    with transaction() as session:
+        invoice, attempt = _lock(session, pending)
+        if attempt.outcome != ChargeOutcome.PENDING:
+            return
+        attempt.outcome = ChargeOutcome.ERROR
+        attempt.error = str(error)[:1000]
+        attempt.finished_at = func.now()
+        invoice.status = InvoiceStatus.PAYMENT_FAILED
+        invoice.next_attempt_at = None
+    logger.error(
+        "Stripe rejected the charge request: %s",
+        error,
+        extra={"invoice_id": pending.invoice_id, "tenant_id": pending.tenant_id},
+    )
+
+
+def _notify(session: Session, **values: Any) -> None:
+    session.execute(
+        insert(Notification)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["dedup_key"])
+    )
+
+
+def _restore_tenant_if_settled(session: Session, tenant_id: int) -> None:
+    unpaid = session.scalar(
+        select(func.count())
+        .select_from(PlatformInvoice)
+        .where(
+            PlatformInvoice.tenant_id == tenant_id,
+            PlatformInvoice.status == InvoiceStatus.UNCOLLECTIBLE,
+        )
+    )
+    if not unpaid:
+        session.execute(
+            Tenant.__table__.update()
+            .where(Tenant.id == tenant_id, Tenant.status == TenantStatus.PAST_DUE)
+            .values(status=TenantStatus.ACTIVE)
+        )
+
+
+def _current_minute() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+@job_type(
+    queue="charges",
+    params=ChargeDueInvoicesParams,
+    time_limit_ms=5 * 60_000,
+    natural_key=lambda p: f"charge-due-invoices:{p.slot or _current_minute()}",
+)
+def charge_due_invoices(params: ChargeDueInvoicesParams) -> dict[str, Any]:
+    """Enqueue a charge job for every invoice whose next attempt is due."""
+    now = dt.datetime.now(dt.UTC)
+    after_id = 0
+    enqueued = 0
+    while True:
+        with transaction() as session:
+            rows = session.execute(
+                select(
+                    PlatformInvoice.id,
+                    PlatformInvoice.attempt_count,
+                    PlatformInvoice.tenant_id,
+                )
+                .where(
+                    PlatformInvoice.status.in_(
+                        (InvoiceStatus.OPEN, InvoiceStatus.PAYMENT_FAILED)
+                    ),
+                    PlatformInvoice.awaiting_payment_method.is_(False),
+                    PlatformInvoice.next_attempt_at <= now,
+                    PlatformInvoice.id > after_id,
+                )
+                .order_by(PlatformInvoice.id)
+                .limit(DUE_PAGE_SIZE)
+            ).all()
+            requests = [
+                JobRequest(
+                    params={
+                        "invoice_id": row.id,
+                        "attempt_number": row.attempt_count + 1,
+                    },
+                    tenant_id=row.tenant_id,
+                )
+                for row in rows
+            ]
+            results = enqueue_many("charge_invoice", requests, session=session)
+        enqueued += sum(1 for r in results if r.created)
+        if len(rows) < DUE_PAGE_SIZE:
+            break
+        after_id = rows[-1].id
+    logger.info("enqueued %d due charges", enqueued)
+    return {"enqueued": enqueued}

@@ -1,0 +1,224 @@
+"""The ledger middleware: starts, fences and records every run of a job."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import threading
+import uuid
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+from infra import logging as log_context
+from infra.db import transaction
+from models.jobs import Claim, Job, JobStatus, claim, finish
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RunContext:
+    """The job a worker thread is running, set for the length of one message."""
+
+    job_id: uuid.UUID
+    attempt: int
+    message_id: str
+    skip: bool = False
+    retry_eta_ms: int | None = None
+    log_token: Any = None
+
+
+_local = threading.local()
+
+
+def current_run() -> RunContext | None:
+    """Return the job this thread is running, or None outside a job."""
+    return getattr(_local, "run", None)
+
+
+class LedgerMiddleware(Middleware):
+    """Moves ledger rows through running, succeeded, retrying and failed.
+
+    Add it before Dramatiq's Retries middleware: "after" hooks run in reverse
+    order, so this one sees whether Retries failed the message or scheduled a
+    retry, and when.
+    """
+
+    def __init__(self, *, lease_grace_s: float, max_deaths: int) -> None:
+        self.lease_grace_s = lease_grace_s
+        self.max_deaths = max_deaths
+
+    def before_process_message(
+        self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
+    ) -> None:
+        _local.run = None
+        actor = broker.get_actor(message.actor_name)
+        time_limit_ms = message.options.get("time_limit") or actor.options.get(
+            "time_limit", 600_000
+        )
+        lease_s = time_limit_ms / 1000 + self.lease_grace_s
+
+        job_id = _parse_uuid(message.message_id)
+        if job_id is None:
+            self._reject_unknown(message, reason="message id is not a job id")
+            return
+        with transaction() as session:
+            outcome = claim(session, job_id=job_id, lease_s=lease_s)
+        if not outcome.started:
+            self._skip(message, job_id, outcome)
+            return
+
+        run = RunContext(
+            job_id=job_id, attempt=outcome.attempt, message_id=message.message_id
+        )
+        _local.run = run
+        run.log_token = log_context.bind(
+            job_id=str(job_id), actor=message.actor_name, attempt=outcome.attempt
+        )
+        if outcome.deaths >= self.max_deaths:
+            reason = (
+                f"worker died {outcome.deaths} times while running this job "
+                "(lease expired each time); marked failed instead of running again"
+            )
+            self._record(run, JobStatus.FAILED, error=reason)
+            logger.error("job failed after repeated worker deaths: %s", reason)
+            run.skip = True
+            message.fail()
+            return
+        logger.info("job started")
+
+    def _skip(
+        self, message: dramatiq.MessageProxy, job_id: uuid.UUID, outcome: Claim
+    ) -> None:
+        if outcome.reason == "no ledger row":
+            self._reject_unknown(message, reason="no ledger row for this message id")
+            return
+        _local.run = RunContext(
+            job_id=job_id, attempt=0, message_id=message.message_id, skip=True
+        )
+        logger.debug(
+            "skipping message: job %s",
+            outcome.reason,
+            extra={"job_id": str(job_id), "actor": message.actor_name},
+        )
+
+    def _reject_unknown(self, message: dramatiq.MessageProxy, *, reason: str) -> None:
+        """Record a message that bypassed the ledger as failed, and dead-letter it."""
+        job_id = uuid.uuid4()
+        with transaction() as session:
+            session.add(
+                Job(
+                    id=job_id,
+                    type=message.actor_name[:64],
+                    params=message.kwargs if isinstance(message.kwargs, dict) else {},
+                    dedup_key=f"message:{message.message_id}",
+                    queue=message.queue_name,
+                    status=JobStatus.FAILED,
+                    attempts=1,
+                    last_error=f"malformed message: {reason}",
+                    finished_at=dt.datetime.now(dt.UTC),
+                )
+            )
+        logger.error(
+            "malformed message dead-lettered: %s",
+            reason,
+            extra={"message_id": message.message_id, "actor": message.actor_name},
+        )
+        _local.run = RunContext(
+            job_id=job_id, attempt=0, message_id=message.message_id, skip=True
+        )
+        message.fail()
+
+    def before_enqueue(
+        self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None
+    ) -> None:
+        # Retries re-enqueues the failed message with a delay; its eta is the
+        # job's next attempt time.
+        run = current_run()
+        if (
+            run is not None
+            and delay is not None
+            and message.message_id == run.message_id
+        ):
+            run.retry_eta_ms = message.options.get("eta")
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        run = current_run()
+        _local.run = None
+        if run is None:
+            return
+        try:
+            if not run.skip:
+                self._record_outcome(run, message, result=result, exception=exception)
+        finally:
+            if run.log_token is not None:
+                log_context.unbind(run.log_token)
+
+    def after_skip_message(
+        self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
+    ) -> None:
+        run = current_run()
+        _local.run = None
+        if run is not None and run.log_token is not None:
+            log_context.unbind(run.log_token)
+
+    def _record_outcome(
+        self,
+        run: RunContext,
+        message: dramatiq.MessageProxy,
+        *,
+        result: Any,
+        exception: BaseException | None,
+    ) -> None:
+        if exception is None:
+            self._record(run, JobStatus.SUCCEEDED, result=_as_result(result))
+            logger.info("job succeeded")
+            return
+
+        error = f"{type(exception).__name__}: {exception}"
+        if message.failed:
+            self._record(run, JobStatus.FAILED, error=error)
+            logger.warning("job failed: %s", error)
+            return
+
+        next_attempt_at = None
+        if run.retry_eta_ms is not None:
+            next_attempt_at = dt.datetime.fromtimestamp(run.retry_eta_ms / 1000, dt.UTC)
+        self._record(
+            run, JobStatus.RETRYING, error=error, next_attempt_at=next_attempt_at
+        )
+        logger.info("job will retry at %s after: %s", next_attempt_at, error)
+
+    def _record(self, run: RunContext, status: JobStatus, **fields: Any) -> None:
+        with transaction() as session:
+            recorded = finish(
+                session, job_id=run.job_id, attempt=run.attempt, status=status, **fields
+            )
+        if not recorded:
+            logger.warning(
+                "outcome %s not recorded: a newer attempt took the job over",
+                status.value,
+            )
+
+
+def _as_result(value: Any) -> dict[str, Any] | None:
+    if value is None or isinstance(value, dict):
+        return value
+    return {"value": value}
+
+
+def _parse_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None

@@ -1,0 +1,1 @@
+"""Settings, database sessions and external-service clients shared by all processes."""

@@ -1,0 +1,136 @@
+"""Settings read from the environment once, when a process starts."""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class SettingsError(RuntimeError):
+    """An environment variable holds a value that vetqueue cannot use."""
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration. Every field maps to an upper-case variable."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    database_url: str = Field(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/vetqueue",
+        description="SQLAlchemy URL of the PostgreSQL database (psycopg 3 driver).",
+    )
+    db_pool_size: int = Field(
+        10, ge=1, le=200, description="Pooled connections per process (and overflow)."
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL of the Dramatiq broker and the rate limiters.",
+    )
+    dramatiq_namespace: str = Field(
+        "dramatiq",
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Prefix of every Redis key the broker writes.",
+    )
+
+    stripe_api_key: str = Field("sk_test_vetqueue", min_length=1)
+    stripe_api_base: str = Field(
+        "http://127.0.0.1:8420",
+        description="Base address of the Stripe API (a local emulator in development).",
+    )
+    stripe_connect_timeout_s: float = Field(3.0, gt=0, le=60)
+    stripe_read_timeout_s: float = Field(20.0, gt=0, le=120)
+    stripe_max_concurrency: int = Field(
+        8, ge=1, le=1000, description="Concurrent Stripe calls across all workers."
+    )
+    stripe_slot_wait_s: float = Field(
+        30.0,
+        ge=0,
+        le=300,
+        description="Longest wait for a Stripe call slot before the job is deferred.",
+    )
+    charge_time_budget_s: float = Field(
+        60.0,
+        gt=0,
+        le=600,
+        description="Time one charge job spends retrying transient Stripe errors.",
+    )
+    dunning_retry_days: Annotated[tuple[int, ...], NoDecode] = Field(
+        (3, 5, 7),
+        description="Days after each declined attempt until the next one.",
+    )
+
+    lease_grace_s: float = Field(
+        30.0, gt=0, description="Lease length beyond an actor's time limit."
+    )
+    max_worker_deaths: int = Field(
+        3, ge=1, description="Expired leases after which a job is marked failed."
+    )
+    sweep_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds past its due time before an unstarted job is re-sent.",
+    )
+    job_retention_days: int = Field(30, ge=1)
+    billing_page_size: int = Field(500, ge=1, le=10_000)
+
+    max_request_bytes: int = Field(64 * 1024, ge=1024)
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgresql+psycopg://")):
+            raise ValueError("expected postgresql+psycopg://user@host:port/database")
+        return value.replace("postgresql://", "postgresql+psycopg://", 1)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected redis://host:port/db")
+        return value
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _check_api_base(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// address")
+        return value.rstrip("/")
+
+    @field_validator("dunning_retry_days", mode="before")
+    @classmethod
+    def _parse_days(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = tuple(int(part) for part in value.split(",") if part.strip())
+            except ValueError:
+                raise ValueError(
+                    "expected comma-separated whole days, e.g. 3,5,7"
+                ) from None
+        if not value or any(int(day) < 1 for day in value):
+            raise ValueError("expected at least one whole number of days, each >= 1")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with keyword overrides on top.
+
+    Raises SettingsError naming each invalid variable and the expected form.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            variable = str(error["loc"][0]).upper() if error["loc"] else "?"
+            problems.append(f"{variable}: {error['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Return the settings of this process, read from the environment on first use."""
+    return load_settings()

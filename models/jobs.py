@@ -1,0 +1,343 @@
+"""The job ledger: one row per job, the source of truth for its status.
+
+Dramatiq delivers each message at least once. The guarded updates here turn
+that into one effective run: a message is processed only by the worker that
+moves its row to ``running``, and the attempt number taken then is a fencing
+token that a worker whose lease was taken over cannot get past.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    and_,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from models.base import Base, created_at_column, enum_values
+
+MAX_ERROR_CHARS = 4000
+
+
+class JobStatus(enum.StrEnum):
+    ENQUEUED = "enqueued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+PENDING_STATUSES = (JobStatus.ENQUEUED, JobStatus.RETRYING)
+FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index(
+            "ix_jobs_due",
+            "next_attempt_at",
+            postgresql_where="status IN ('enqueued', 'retrying')",
+        ),
+        Index(
+            "ix_jobs_running_lease",
+            "lease_expires_at",
+            postgresql_where="status = 'running'",
+        ),
+        Index("ix_jobs_finished_at", "finished_at"),
+        Index("ix_jobs_created_at_id", "created_at", "id"),
+        Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64), nullable=False)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    dedup_key: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    queue: Mapped[str] = mapped_column(String(64), nullable=False)
+    tenant_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("tenants.id", ondelete="CASCADE")
+    )
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, name="job_status", values_callable=enum_values),
+        nullable=False,
+    )
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    deaths: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True)
+    )
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    last_error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[dt.datetime] = created_at_column()
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        def iso(value: dt.datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "id": str(self.id),
+            "type": self.type,
+            "params": self.params,
+            "dedup_key": self.dedup_key,
+            "queue": self.queue,
+            "tenant_id": self.tenant_id,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "result": self.result,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "next_attempt_at": iso(self.next_attempt_at)
+            if self.status in PENDING_STATUSES
+            else None,
+        }
+
+
+class DedupKeyConflict(Exception):
+    """The dedup key belongs to a job of another type or with other params."""
+
+    def __init__(self, existing: Job) -> None:
+        super().__init__(
+            f"dedup key {existing.dedup_key!r} is already used by job {existing.id} "
+            f"of type {existing.type!r} with different params; "
+            "use a new key for a different job"
+        )
+        self.existing = existing
+
+
+@dataclasses.dataclass(frozen=True)
+class NewJob:
+    """A job to insert: what the ledger needs before any message exists."""
+
+    type: str
+    params: dict[str, Any]
+    dedup_key: str
+    queue: str
+    tenant_id: int | None = None
+
+
+def insert_jobs(session: Session, new_jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+    """Insert jobs whose dedup keys are new and return each job with a created flag.
+
+    A key that exists returns the existing job, after a check that it has the
+    same type and params. ``INSERT ... ON CONFLICT DO NOTHING`` makes concurrent
+    inserts of one key wait for each other instead of failing, so no caller
+    sees a unique violation. Raises DedupKeyConflict on a mismatch.
+    """
+    if not new_jobs:
+        return []
+
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "type": new.type,
+            "params": new.params,
+            "dedup_key": new.dedup_key,
+            "queue": new.queue,
+            "tenant_id": new.tenant_id,
+            "status": JobStatus.ENQUEUED,
+        }
+        for new in new_jobs
+    ]
+    inserted_ids = set(
+        session.scalars(
+            insert(Job)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["dedup_key"])
+            .returning(Job.id)
+        )
+    )
+
+    keys = [new.dedup_key for new in new_jobs]
+    by_key = {
+        job.dedup_key: job
+        for job in session.scalars(select(Job).where(Job.dedup_key.in_(keys)))
+    }
+    results = []
+    for new in new_jobs:
+        job = by_key[new.dedup_key]
+        created = job.id in inserted_ids
+        if not created and (job.type != new.type or job.params != new.params):
+            raise DedupKeyConflict(job)
+        results.append((job, created))
+    return results
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """The outcome of trying to start a job for one delivered message."""
+
+    started: bool
+    attempt: int = 0
+    deaths: int = 0
+    reason: str = ""
+    job: Job | None = None
+
+
+def claim(session: Session, *, job_id: uuid.UUID, lease_s: float) -> Claim:
+    """Move a job to ``running`` if no other worker holds it, and take a lease.
+
+    A ``running`` row whose lease expired belongs to a worker that died (or
+    stalled past its time limit): taking it over counts a death.
+    """
+    now = func.now()
+    expired = and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, or_(Job.status.in_(PENDING_STATUSES), expired))
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=Job.attempts + 1,
+            deaths=Job.deaths + case((expired, 1), else_=0),
+            lease_expires_at=now + dt.timedelta(seconds=lease_s),
+            started_at=func.coalesce(Job.started_at, now),
+            updated_at=now,
+        )
+        .returning(Job.attempts, Job.deaths)
+    ).first()
+    if row is not None:
+        return Claim(started=True, attempt=row.attempts, deaths=row.deaths)
+
+    job = session.get(Job, job_id)
+    if job is None:
+        return Claim(started=False, reason="no ledger row")
+    if job.status == JobStatus.RUNNING:
+        return Claim(started=False, reason="running under a live lease", job=job)
+    return Claim(started=False, reason=f"already {job.status.value}", job=job)
+
+
+def finish(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    attempt: int,
+    status: JobStatus,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+    next_attempt_at: dt.datetime | None = None,
+) -> bool:
+    """Record the end of an attempt.
+
+    Returns False when a newer attempt took the job over and fenced this one out.
+    """
+    values: dict[str, Any] = {
+        "status": status,
+        "lease_expires_at": None,
+        "updated_at": func.now(),
+        "last_error": error[:MAX_ERROR_CHARS] if error else None,
+    }
+    if status in FINISHED_STATUSES:
+        values["finished_at"] = func.now()
+        values["result"] = result
+    else:
+        values["next_attempt_at"] = next_attempt_at or func.now()
+    updated = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING
+        )
+        .values(**values)
+    )
+    return updated.rowcount == 1
+
+
+def jobs_to_resend(session: Session, *, stale_after_s: float, limit: int) -> list[Job]:
+    """Return pending jobs past their due time, and running jobs with expired leases.
+
+    Rows are locked with SKIP LOCKED so that two sweepers never pick the same job.
+    """
+    now = func.now()
+    stale_before = now - dt.timedelta(seconds=stale_after_s)
+    return list(
+        session.scalars(
+            select(Job)
+            .where(
+                or_(
+                    and_(
+                        Job.status.in_(PENDING_STATUSES),
+                        Job.next_attempt_at < stale_before,
+                    ),
+                    and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+                )
+            )
+            .order_by(Job.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+
+
+def touch_due_time(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """Restart the stale clock of jobs whose message was just sent again."""
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status.in_(PENDING_STATUSES))
+        .values(next_attempt_at=func.now(), updated_at=func.now())
+    )
+
+
+def reset_failed(session: Session, *, job_id: uuid.UUID) -> Job | None:
+    """Put a failed job back to ``enqueued``. Returns None unless it was failed."""
+    return session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.FAILED)
+        .values(
+            status=JobStatus.ENQUEUED,
+            deaths=0,
+            next_attempt_at=func.now(),
+            finished_at=None,
+            updated_at=func.now(),
+        )
+        .returning(Job)
+    )
+
+
+def prune_finished(session: Session, *, older_than_days: int, limit: int) -> int:
+    """Delete up to ``limit`` finished jobs older than the retention period."""
+    cutoff = func.now() - dt.timedelta(days=older_than_days)
+    doomed = (
+        select(Job.id)
+        .where(Job.status.in_(FINISHED_STATUSES), Job.finished_at < cutoff)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    return session.execute(delete(Job).where(Job.id.in_(doomed))).rowcount
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    counts = {status.value: 0 for status in JobStatus}
+    for status, count in session.execute(
+        select(Job.status, func.count()).group_by(Job.status)
+    ):
+        counts[status.value] = count
+    return counts

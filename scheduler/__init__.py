@@ -1,0 +1,1 @@
+"""The scheduler process: enqueues each due slot of the periodic jobs once."""
