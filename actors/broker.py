@@ -55,7 +55,7 @@ def _declare_actor(
         broker=broker,
         time_limit=job_type.time_limit(settings),
         max_retries=job_type.max_retries,
-        min_backoff=job_type.min_backoff_ms,
+        min_backoff=job_type.min_backoff_ms or int(settings.retry_min_backoff_s * 1000),
         max_backoff=job_type.max_backoff_ms,
         throws=(PermanentJobError,),
     )

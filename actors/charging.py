@@ -27,7 +27,7 @@ from actors.ledger import JobRequest, enqueue_many
 from actors.registry import JobParams, job_type
 from actors.stripe_calls import call_stripe
 from infra.db import transaction
-from infra.settings import get_settings
+from infra.settings import Settings, get_settings
 from infra.stripe_client import get_stripe
 from models.billing import ChargeAttempt, ChargeOutcome, InvoiceStatus, PlatformInvoice
 from models.notifications import Notification
@@ -93,15 +93,24 @@ class PendingCharge:
     payment_method: str
 
 
+def _charge_time_limit_ms(settings: Settings) -> int:
+    # The slowest run still ends on its own: a wait for the first slot, the
+    # retry budget, then a last call that may wait for a slot again and time out.
+    worst_case_s = (
+        2 * settings.stripe_slot_wait_s
+        + settings.charge_time_budget_s
+        + settings.stripe_connect_timeout_s
+        + settings.stripe_read_timeout_s
+        + 5
+    )
+    return int(worst_case_s * 1000)
+
+
 @job_type(
     queue="charges",
     params=ChargeInvoiceParams,
-    time_limit_ms=lambda s: int(
-        (s.stripe_slot_wait_s + s.charge_time_budget_s + s.stripe_read_timeout_s + 30)
-        * 1000
-    ),
+    time_limit_ms=_charge_time_limit_ms,
     max_retries=8,
-    min_backoff_ms=30_000,
     max_backoff_ms=6 * 3600_000,
     natural_key=lambda p: f"charge-invoice:{p.invoice_id}:{p.attempt_number}",
 )

@@ -29,7 +29,7 @@ class JobType:
     params_model: type[JobParams]
     time_limit_ms: int | Callable[[Settings], int]
     max_retries: int
-    min_backoff_ms: int
+    min_backoff_ms: int | None
     max_backoff_ms: int
     natural_key: Callable[[Any], str] | None
     tenant_id_of: Callable[[Any], int | None]
@@ -54,14 +54,15 @@ def job_type(
     params: type[JobParams],
     time_limit_ms: int | Callable[[Settings], int],
     max_retries: int = 5,
-    min_backoff_ms: int = 5_000,
+    min_backoff_ms: int | None = None,
     max_backoff_ms: int = 15 * 60_000,
     natural_key: Callable[[Any], str] | None = None,
     tenant_id_of: Callable[[Any], int | None] = lambda _params: None,
 ) -> Callable[[Callable], Callable]:
     """Register a function as the actor of a job type named after the function.
 
-    ``natural_key`` derives the dedup key when a caller gives none. The actor
+    ``natural_key`` derives the dedup key when a caller gives none. Without
+    ``min_backoff_ms`` the first retry waits RETRY_MIN_BACKOFF_S. The actor
     is declared on a broker only by ``actors.broker.setup_broker``.
     """
     if queue not in QUEUES:

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         description="Days after each declined attempt until the next one.",
     )
 
+    retry_min_backoff_s: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="Delay before a failed job's first retry; later ones double it.",
+    )
     lease_grace_s: float = Field(
         30.0, gt=0, description="Lease length beyond an actor's time limit."
     )

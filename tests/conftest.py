@@ -34,6 +34,7 @@ TEST_ENVIRONMENT = {
     "CHARGE_TIME_BUDGET_S": "6",
     "LEASE_GRACE_S": "1",
     "SWEEP_AFTER_S": "1",
+    "RETRY_MIN_BACKOFF_S": "0.2",
     "LOG_LEVEL": "INFO",
 }
 os.environ.update(TEST_ENVIRONMENT)
@@ -126,7 +127,9 @@ def database() -> Iterator[str]:
     """Create the test database afresh and migrate it with ``alembic upgrade head``."""
     admin = _require_postgres()
     with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)'))
+        connection.execute(
+            sa.text(f'DROP DATABASE IF EXISTS "{TEST_DATABASE}" WITH (FORCE)')
+        )
         connection.execute(sa.text(f'CREATE DATABASE "{TEST_DATABASE}"'))
     admin.dispose()
 
@@ -162,7 +165,9 @@ def clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     with transaction() as session:
-        session.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        session.execute(
+            sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+        )
     # The tests own this Redis database number, so emptying it touches nothing else.
     get_redis().flushdb()
     server = request.getfixturevalue("stripe_server")

@@ -1,0 +1,1 @@
+"""Local HTTP servers that stand in for third-party APIs in development and tests."""

@@ -1,0 +1,247 @@
+"""Auto-charge through the Stripe test server: idempotency, faults and dunning."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import select, text, update
+
+from actors.charging import (
+    ChargeDueInvoicesParams,
+    charge_due_invoices,
+    idempotency_key,
+)
+from actors.ledger import enqueue
+from infra.db import transaction
+from infra.stripe_client import get_stripe
+from models.billing import ChargeAttempt, PlatformInvoice
+from models.jobs import JobStatus
+from models.notifications import Notification
+from models.tenants import Tenant
+from tests.conftest import wait_for
+from tests.factories import all_jobs_finished, create_tenants, get_job, invoices
+
+
+def bill(tenant_id: int, period: str = "2026-10") -> None:
+    enqueue("bill_tenant", {"tenant_id": tenant_id, "period": period})
+
+
+def charge_attempts() -> list[ChargeAttempt]:
+    with transaction() as session:
+        return list(session.scalars(select(ChargeAttempt).order_by(ChargeAttempt.id)))
+
+
+def make_due(invoice_id: int) -> None:
+    """Move an invoice's next attempt into the past, as if the days had passed."""
+    with transaction() as session:
+        session.execute(
+            update(PlatformInvoice)
+            .where(PlatformInvoice.id == invoice_id)
+            .values(next_attempt_at=text("now() - interval '1 minute'"))
+        )
+
+
+def test_charge_success_records_payment(worker, stripe_server):
+    [tenant_id] = create_tenants(1)
+
+    bill(tenant_id)
+    wait_for(all_jobs_finished)
+
+    [invoice] = invoices()
+    [intent] = stripe_server.payment_intents()
+    [attempt] = charge_attempts()
+    assert invoice.status.value == "paid"
+    assert invoice.amount_due_cents == 0
+    assert invoice.stripe_payment_intent_id == intent["id"]
+    assert intent["amount"] == 4900
+    assert intent["metadata"]["invoice_id"] == str(invoice.id)
+    assert attempt.idempotency_key == idempotency_key(invoice.id, 1)
+    assert attempt.outcome.value == "succeeded"
+
+
+def test_connection_dropped_after_charge_charges_once(worker, stripe_server):
+    [tenant_id] = create_tenants(1)
+    stripe_server.add_faults([{"kind": "drop_after_charge"}])
+
+    bill(tenant_id)
+    wait_for(all_jobs_finished)
+
+    [invoice] = invoices()
+    assert invoice.status.value == "paid"
+    assert len(stripe_server.payment_intents()) == 1
+    assert stripe_server.request_count == 2
+    assert invoice.stripe_payment_intent_id == stripe_server.payment_intents()[0]["id"]
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        [{"kind": "status", "status": 500}],
+        [{"kind": "status", "status": 429}],
+        [
+            {"kind": "status", "status": 503},
+            {"kind": "status", "status": 429},
+            {"kind": "drop_before"},
+        ],
+    ],
+    ids=["500", "429", "503-429-drop"],
+)
+def test_transient_errors_back_off_then_pay(worker, stripe_server, faults):
+    [tenant_id] = create_tenants(1)
+    stripe_server.add_faults(faults)
+
+    bill(tenant_id)
+    wait_for(all_jobs_finished)
+
+    [invoice] = invoices()
+    assert invoice.status.value == "paid"
+    assert len(stripe_server.payment_intents()) == 1
+    assert stripe_server.request_count == len(faults) + 1
+    assert len(charge_attempts()) == 1
+
+
+def test_slow_stripe_times_out_then_replays(worker, stripe_server):
+    [tenant_id] = create_tenants(1)
+    # Longer than the client's 2 s read timeout: the first call times out while
+    # the server still charges, and the retry with the same key gets a replay
+    # (or 409 while the first request is still in flight).
+    stripe_server.add_faults([{"kind": "delay", "seconds": 3}])
+
+    bill(tenant_id)
+    wait_for(all_jobs_finished, timeout_s=40)
+
+    [invoice] = invoices()
+    assert invoice.status.value == "paid"
+    assert len(stripe_server.payment_intents()) == 1
+
+
+def test_hard_decline_not_retried(worker, stripe_server):
+    [tenant_id] = create_tenants(
+        1, payment_methods=["pm_card_chargeDeclinedExpiredCard"]
+    )
+
+    bill(tenant_id)
+    wait_for(all_jobs_finished)
+
+    [invoice] = invoices()
+    [attempt] = charge_attempts()
+    assert stripe_server.request_count == 1
+    assert invoice.status.value == "payment_failed"
+    assert invoice.awaiting_payment_method is True
+    assert invoice.next_attempt_at is None
+    assert attempt.decline_code == "expired_card"
+    assert charge_due_invoices(ChargeDueInvoicesParams(slot="t")) == {"enqueued": 0}
+
+
+def test_soft_decline_schedules_next_attempt(worker, stripe_server):
+    [tenant_id] = create_tenants(
+        1, payment_methods=["pm_card_chargeDeclinedInsufficientFunds"]
+    )
+
+    bill(tenant_id)
+    wait_for(all_jobs_finished)
+
+    [invoice] = invoices()
+    expected = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    assert invoice.status.value == "payment_failed"
+    assert invoice.last_decline_code == "insufficient_funds"
+    assert abs((invoice.next_attempt_at - expected).total_seconds()) < 60
+    with transaction() as session:
+        [note] = session.scalars(select(Notification)).all()
+    assert note.tenant_id == tenant_id
+    assert "insufficient_funds" in note.message
+
+
+def test_dunning_ends_uncollectible(worker, stripe_server):
+    [tenant_id] = create_tenants(
+        1, payment_methods=["pm_card_chargeDeclinedInsufficientFunds"]
+    )
+    bill(tenant_id)
+    wait_for(all_jobs_finished)
+
+    # The default schedule retries after 3, 5 and 7 days: three more attempts.
+    for attempt_number in (2, 3, 4):
+        [invoice] = invoices()
+        make_due(invoice.id)
+        result = charge_due_invoices(ChargeDueInvoicesParams(slot=str(attempt_number)))
+        assert result == {"enqueued": 1}
+        wait_for(all_jobs_finished)
+
+    [invoice] = invoices()
+    keys = [attempt.idempotency_key for attempt in charge_attempts()]
+    with transaction() as session:
+        tenant = session.get(Tenant, tenant_id)
+    assert invoice.status.value == "uncollectible"
+    assert invoice.attempt_count == 4
+    assert len(set(keys)) == 4
+    assert tenant.status.value == "past_due"
+    assert stripe_server.request_count == 4
+
+
+def test_database_refusing_writes_no_second_charge(worker, stripe_server):
+    [tenant_id] = create_tenants(1)
+    with transaction() as session:
+        session.execute(
+            text(
+                "CREATE FUNCTION refuse_outcome() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.outcome <> 'pending' THEN "
+                "RAISE EXCEPTION 'charge outcome writes refused'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql;"
+                "CREATE TRIGGER refuse_outcome BEFORE UPDATE ON charge_attempts "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_outcome();"
+            )
+        )
+    try:
+        bill(tenant_id)
+        wait_for(
+            lambda: (
+                (job := get_job("charge-invoice:1:1"))
+                and job.status == JobStatus.RETRYING
+            ),
+            timeout_s=30,
+        )
+        charged_while_refused = len(stripe_server.payment_intents())
+    finally:
+        with transaction() as session:
+            session.execute(
+                text(
+                    "DROP TRIGGER refuse_outcome ON charge_attempts;"
+                    "DROP FUNCTION refuse_outcome();"
+                )
+            )
+    wait_for(all_jobs_finished, timeout_s=30)
+
+    [invoice] = invoices()
+    assert charged_while_refused == 1
+    assert invoice.status.value == "paid"
+    assert len(stripe_server.payment_intents()) == 1
+    assert stripe_server.request_count >= 2
+
+
+def test_idempotency_mismatch_fails_job(worker, stripe_server):
+    [tenant_id] = create_tenants(1)
+    # Another request already used invoice 1's first key with other params.
+    get_stripe().v1.payment_intents.create(
+        params={
+            "amount": 100,
+            "currency": "eur",
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+        },
+        options={"idempotency_key": idempotency_key(1, 1)},
+    )
+
+    bill(tenant_id)
+    wait_for(all_jobs_finished)
+
+    job = get_job("charge-invoice:1:1")
+    [invoice] = invoices()
+    [attempt] = charge_attempts()
+    assert job.status == JobStatus.FAILED
+    assert job.attempts == 1
+    assert "same parameters" in attempt.error
+    assert "Stripe rejected the charge" in job.last_error
+    assert attempt.outcome.value == "error"
+    assert invoice.status.value == "payment_failed"
+    assert len(stripe_server.payment_intents()) == 1

@@ -1,0 +1,285 @@
+"""The job ledger against real PostgreSQL and Redis: dedup, fencing, sweeping."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import dramatiq
+import pytest
+from sqlalchemy import text, update
+
+from actors.ledger import enqueue
+from actors.maintenance import ScheduledParams, sweep_jobs
+from infra.db import transaction
+from infra.redis import get_redis
+from models.jobs import DedupKeyConflict, Job, JobStatus, claim, finish
+from tests.conftest import wait_for
+from tests.factories import all_jobs_finished, create_tenants, get_job, invoices
+
+NAMESPACE = "vetqueue-test"
+
+
+def queued_payloads(queue: str) -> int:
+    return get_redis().hlen(f"{NAMESPACE}:{queue}.msgs")
+
+
+def dead_letters(queue: str) -> int:
+    return get_redis().zcard(f"{NAMESPACE}:{queue}.XQ")
+
+
+@pytest.mark.parametrize("round_number", range(5))
+def test_enqueue_race_one_job(broker, round_number):
+    key = f"race-{round_number}"
+    barrier = threading.Barrier(50)
+
+    def enqueue_once(_: int):
+        barrier.wait()
+        return enqueue("billing_run", {"period": "2026-10"}, dedup_key=key)
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(enqueue_once, range(50)))
+
+    assert sum(result.created for result in results) == 1
+    assert len({result.job.id for result in results}) == 1
+    assert queued_payloads("billing") == 1
+
+
+def test_enqueue_same_key_other_params_conflicts(broker):
+    enqueue("billing_run", {"period": "2026-10"}, dedup_key="monthly")
+
+    with pytest.raises(DedupKeyConflict) as caught:
+        enqueue("billing_run", {"period": "2026-09"}, dedup_key="monthly")
+
+    assert "monthly" in str(caught.value)
+    assert queued_payloads("billing") == 1
+
+
+def test_enqueue_existing_key_returns_job(broker):
+    first = enqueue("billing_run", {"period": "2026-10"})
+
+    second = enqueue("billing_run", {"period": "2026-10"})
+
+    assert second.created is False
+    assert second.job.id == first.job.id
+    assert first.job.dedup_key == "billing-run:2026-10"
+
+
+def test_enqueue_in_rolled_back_session_sends_nothing(broker):
+    with pytest.raises(RuntimeError), transaction() as session:
+        enqueue("billing_run", {"period": "2026-10"}, session=session)
+        raise RuntimeError("abort the surrounding transaction")
+
+    assert get_job("billing-run:2026-10") is None
+    assert queued_payloads("billing") == 0
+
+
+@pytest.mark.parametrize("round_number", range(3))
+def test_overlapping_billing_runs_one_invoice_each(broker, worker, round_number):
+    tenant_ids = create_tenants(30)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(
+            pool.map(
+                lambda key: enqueue(
+                    "billing_run", {"period": "2026-10"}, dedup_key=key
+                ),
+                ["run-a", "run-b"],
+            )
+        )
+    wait_for(all_jobs_finished, timeout_s=60)
+
+    billed = [invoice.tenant_id for invoice in invoices()]
+    assert sorted(billed) == sorted(tenant_ids)
+    assert all(invoice.status.value == "paid" for invoice in invoices())
+
+
+def test_claim_skips_live_lease(database, broker):
+    job = enqueue("billing_run", {"period": "2026-10"}).job
+
+    with transaction() as session:
+        first = claim(session, job_id=job.id, lease_s=60)
+    with transaction() as session:
+        second = claim(session, job_id=job.id, lease_s=60)
+
+    assert first.started
+    assert not second.started
+    assert second.reason == "running under a live lease"
+
+
+def test_finish_fenced_after_takeover(database, broker):
+    job = enqueue("billing_run", {"period": "2026-10"}).job
+    with transaction() as session:
+        first = claim(session, job_id=job.id, lease_s=0.01)
+    time.sleep(0.05)
+    with transaction() as session:
+        second = claim(session, job_id=job.id, lease_s=60)
+
+    with transaction() as session:
+        stale = finish(
+            session, job_id=job.id, attempt=first.attempt, status=JobStatus.SUCCEEDED
+        )
+    with transaction() as session:
+        current = finish(
+            session, job_id=job.id, attempt=second.attempt, status=JobStatus.FAILED
+        )
+
+    assert second.deaths == 1
+    assert stale is False
+    assert current is True
+    assert get_job(job.dedup_key).status == JobStatus.FAILED
+
+
+def test_repeated_worker_deaths_fail_job(broker):
+    create_tenants(1)
+    job = enqueue("billing_run", {"period": "2026-10"}, dedup_key="dies").job
+    get_redis().flushdb()
+    # Each claim stands for a worker that took the job and died: its lease
+    # expires, so the next claim counts one more death.
+    for _ in range(3):
+        with transaction() as session:
+            claim(session, job_id=job.id, lease_s=0.01)
+        time.sleep(0.05)
+
+    worker = dramatiq.Worker(broker, worker_threads=2)
+    worker.start()
+    try:
+        sweep_jobs(ScheduledParams(slot="deaths"))
+        failed = wait_for(
+            lambda: get_job("dies").status == JobStatus.FAILED and get_job("dies"),
+            timeout_s=20,
+        )
+        wait_for(lambda: dead_letters("billing") == 1, timeout_s=10)
+    finally:
+        worker.stop()
+
+    assert failed.deaths == 3
+    assert "worker died 3 times" in failed.last_error
+    assert invoices() == []
+
+
+def test_malformed_params_dead_lettered_once(broker, worker):
+    job_id = uuid.uuid4()
+    with transaction() as session:
+        session.add(
+            Job(
+                id=job_id,
+                type="bill_tenant",
+                params={"tenant_id": "not a number", "period": "2026-10"},
+                dedup_key="malformed",
+                queue="billing",
+                status=JobStatus.ENQUEUED,
+            )
+        )
+    message = dramatiq.Message(
+        queue_name="billing",
+        actor_name="bill_tenant",
+        args=(),
+        kwargs={"tenant_id": "not a number", "period": "2026-10"},
+        options={},
+        message_id=str(job_id),
+        message_timestamp=int(time.time() * 1000),
+    )
+
+    broker.enqueue(message)
+    wait_for(lambda: dead_letters("billing") == 1, timeout_s=15)
+    time.sleep(1)
+
+    job = get_job("malformed")
+    assert job.status == JobStatus.FAILED
+    assert job.attempts == 1
+    assert "MalformedMessage" in job.last_error
+    assert "tenant_id" in job.last_error
+    assert get_redis().zcard(f"{NAMESPACE}:billing.DQ") == 0
+
+
+def test_message_without_ledger_row_recorded(broker, worker):
+    actor = broker.get_actor("bill_tenant")
+
+    message = actor.send(tenant_id=1, period="2026-10")
+    wait_for(lambda: dead_letters("billing") == 1, timeout_s=15)
+
+    job = wait_for(lambda: get_job(f"message:{message.message_id}"), timeout_s=5)
+    assert job.status == JobStatus.FAILED
+    assert "no ledger row" in job.last_error
+
+
+def test_redis_flush_loses_no_job(broker):
+    tenant_ids = create_tenants(20)
+    enqueue("billing_run", {"period": "2026-10"})
+    fanout_worker = dramatiq.Worker(broker, worker_threads=2, queues={"billing"})
+    fanout_worker.start()
+    wait_for(lambda: queued_payloads("charges") >= 20, timeout_s=30)
+    fanout_worker.stop()
+
+    get_redis().flushdb()
+    assert queued_payloads("charges") == 0
+    time.sleep(1.2)
+    summary = sweep_jobs(ScheduledParams(slot="after-flush"))
+    recovery_worker = dramatiq.Worker(broker, worker_threads=4)
+    recovery_worker.start()
+    try:
+        wait_for(all_jobs_finished, timeout_s=60)
+    finally:
+        recovery_worker.stop()
+
+    assert summary["resent"] >= 20
+    assert sorted(invoice.tenant_id for invoice in invoices()) == sorted(tenant_ids)
+    assert all(invoice.status.value == "paid" for invoice in invoices())
+
+
+def test_retry_records_next_attempt(broker, worker, db):
+    create_tenants(1)
+    # A trigger makes the database refuse invoice inserts, so bill_tenant fails
+    # with a database error that Dramatiq retries.
+    with transaction() as session:
+        session.execute(
+            text(
+                "CREATE FUNCTION refuse_invoice() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'invoice writes refused'; END $$ LANGUAGE plpgsql;"
+                "CREATE TRIGGER refuse_invoice BEFORE INSERT ON platform_invoices "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_invoice();"
+            )
+        )
+    try:
+        enqueue("bill_tenant", {"tenant_id": 1, "period": "2026-10"})
+        retrying = wait_for(
+            lambda: (
+                (job := get_job("bill-tenant:1:2026-10"))
+                and job.status == JobStatus.RETRYING
+                and job
+            ),
+            timeout_s=20,
+        )
+    finally:
+        with transaction() as session:
+            session.execute(
+                text(
+                    "DROP TRIGGER refuse_invoice ON platform_invoices;"
+                    "DROP FUNCTION refuse_invoice();"
+                )
+            )
+
+    assert "invoice writes refused" in retrying.last_error
+    assert retrying.to_dict()["next_attempt_at"] is not None
+    done = wait_for(
+        lambda: get_job("bill-tenant:1:2026-10").status == JobStatus.SUCCEEDED,
+        timeout_s=30,
+    )
+    assert done
+    assert len(invoices()) == 1
+
+
+def test_sweep_leaves_queued_messages_alone(broker):
+    enqueue("billing_run", {"period": "2026-10"})
+    with transaction() as session:
+        session.execute(
+            update(Job).values(next_attempt_at=text("now() - interval '1 hour'"))
+        )
+
+    summary = sweep_jobs(ScheduledParams(slot="x"))
+
+    assert summary == {"overdue": 1, "resent": 0}
+    assert queued_payloads("billing") == 1
