@@ -88,7 +88,7 @@ class LedgerMiddleware(Middleware):
             run.skip = True
             message.fail()
             return
-        logger.info("job started")
+        logger.debug("job started")
 
     def _skip(
         self, message: dramatiq.MessageProxy, job_id: uuid.UUID, outcome: Claim
