@@ -172,6 +172,8 @@ class _State:
             self.saved: dict[tuple[str, str], _SavedResponse] = {}
             self.in_flight: set[tuple[str, str]] = set()
             self.request_count = 0
+            self.active_requests = 0
+            self.max_active_requests = 0
             self.latency_seconds = 0.0
 
     def add_faults(self, specs: list[Any]) -> int:
@@ -377,6 +379,18 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         with state.lock:
             state.request_count += 1
+            state.active_requests += 1
+            state.max_active_requests = max(
+                state.max_active_requests, state.active_requests
+            )
+        try:
+            self._handle_payment_intent(body)
+        finally:
+            with state.lock:
+                state.active_requests -= 1
+
+    def _handle_payment_intent(self, body: bytes) -> None:
+        state = self.server.state
         parameters = parse_qs(body.decode(errors="replace"), keep_blank_values=True)
         key = self.headers.get("Idempotency-Key")
         fault = state.take_fault(
@@ -628,6 +642,13 @@ class StripeTestServer:
         state = self._state_owner().state
         with state.lock:
             return state.request_count
+
+    @property
+    def max_concurrent_requests(self) -> int:
+        """Most ``POST /v1/payment_intents`` requests handled at the same time."""
+        state = self._state_owner().state
+        with state.lock:
+            return state.max_active_requests
 
     def _state_owner(self) -> _Server:
         if self._server is None:
