@@ -80,7 +80,7 @@ def idempotency_key(invoice_id: int, attempt_number: int) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class PendingCharge:
-    """What the Stripe call needs, read in the transaction that opened the attempt."""
+    """Inputs of one Stripe call, read in the transaction that opened the attempt."""
 
     attempt_id: int
     invoice_id: int
@@ -165,9 +165,9 @@ def _open_attempt(
     tenant = session.get(Tenant, invoice.tenant_id)
     assert tenant is not None
     if attempt is None:
-        refusal = _why_not_due(invoice, params.attempt_number)
-        if refusal:
-            return {"invoice_id": invoice.id, "skipped": refusal}
+        reason_not_due = _why_not_due(invoice, params.attempt_number)
+        if reason_not_due:
+            return {"invoice_id": invoice.id, "skipped": reason_not_due}
         if not (tenant.stripe_customer_id and tenant.stripe_payment_method_id):
             invoice.awaiting_payment_method = True
             invoice.next_attempt_at = None

@@ -19,7 +19,7 @@ class Defer(Exception):  # noqa: N818 - a control-flow signal, like dramatiq.Ret
     """Run the job again after ``delay_s`` without using up one of its retries.
 
     Used while waiting for a shared resource, such as a Stripe call slot,
-    where the wait says nothing about the job's own health.
+    because such a wait does not mean that the job itself is failing.
     """
 
     def __init__(self, delay_s: float, reason: str) -> None:

@@ -26,10 +26,10 @@ class ScheduledParams(JobParams):
 
 
 def queued_message_ids(queue_names: set[str]) -> set[str]:
-    """Return the message ids held in Redis for these queues, ready or delayed.
+    """Return the message ids stored in Redis for these queues, ready or delayed.
 
-    Payload hashes hold every message that is ready, in flight or delayed; a
-    job whose id is missing from all of them has lost its message.
+    The payload hashes contain every message that is ready, in flight or
+    delayed. A job whose id is in none of them has lost its message.
     """
     settings = get_settings()
     client = get_redis()

@@ -43,8 +43,8 @@ class LedgerMiddleware(Middleware):
     """Moves ledger rows through running, succeeded, retrying and failed.
 
     Add it before Dramatiq's Retries middleware: "after" hooks run in reverse
-    order, so this one sees whether Retries failed the message or scheduled a
-    retry, and when.
+    order, so this one runs after Retries has failed the message or scheduled
+    a retry, and can record which it was and when the retry is due.
     """
 
     def __init__(self, *, lease_grace_s: float, max_deaths: int) -> None:

@@ -15,7 +15,7 @@ def queue_stats() -> list[dict[str, Any]]:
     """Return per-queue message counts and the age of the oldest ready message.
 
     Reads the Redis broker's layout (Dramatiq 2.2): ``<ns>:<queue>`` lists the
-    ready message ids, oldest first, and ``.msgs`` holds the payloads of ready
+    ready message ids, oldest first, and ``.msgs`` contains the payloads of ready
     and fetched messages. ``.DQ`` is the delayed queue, read the same way, and
     ``.XQ`` is a sorted set of dead letters.
     """

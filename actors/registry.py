@@ -1,4 +1,4 @@
-"""The job types vetqueue knows: their actor function, queue, limits and params."""
+"""The registry of job types: each one's actor function, queue, limits and params."""
 
 from __future__ import annotations
 

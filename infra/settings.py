@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class SettingsError(RuntimeError):
-    """An environment variable holds a value that vetqueue cannot use."""
+    """An environment variable has a value that vetqueue cannot use."""
 
 
 class Settings(BaseSettings):
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
         30.0,
         ge=0,
         le=300,
-        description="Longest wait for a Stripe call slot before the job is deferred.",
+        description="Maximum wait for a Stripe call slot before the job is deferred.",
     )
     charge_time_budget_s: float = Field(
         60.0,
