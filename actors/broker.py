@@ -61,15 +61,18 @@ def _declare_actor(
     )
 
 
-def run_job(job_type: JobType, **kwargs: Any) -> dict[str, Any] | None:
+def run_job(job_type: JobType, **kwargs: Any) -> None:
     """Validate a message's params and run the job type's function.
 
-    Returns None without running when the ledger middleware decided to skip
-    the message (a duplicate delivery, or a job that already finished).
+    The function's result goes to the ledger middleware through the run
+    context rather than as the actor's return value, which Dramatiq would
+    discard with a warning unless a results backend is configured. Nothing
+    runs when the middleware decided to skip the message (a duplicate
+    delivery, or a job that already finished).
     """
     run = current_run()
     if run is None or run.skip:
-        return None
+        return
 
     try:
         params = job_type.parse(kwargs)
@@ -77,11 +80,10 @@ def run_job(job_type: JobType, **kwargs: Any) -> dict[str, Any] | None:
         raise MalformedMessage(f"invalid params for {job_type.name}: {exc}") from None
 
     try:
-        return job_type.fn(params)
+        run.result = job_type.fn(params)
     except Defer as deferral:
         _defer(job_type, kwargs, deferral)
         run.skip = True
-        return None
 
 
 def _defer(job_type: JobType, kwargs: dict[str, Any], deferral: Defer) -> None:

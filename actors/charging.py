@@ -220,7 +220,6 @@ def _confirm_payment_intent(pending: PendingCharge) -> stripe.PaymentIntent:
             "payment_method": pending.payment_method,
             "confirm": True,
             "off_session": True,
-            "description": f"vetqueue platform invoice {pending.invoice_id}",
             "metadata": {
                 "invoice_id": str(pending.invoice_id),
                 "tenant_id": str(pending.tenant_id),

@@ -28,6 +28,7 @@ class RunContext:
     message_id: str
     skip: bool = False
     retry_eta_ms: int | None = None
+    result: dict[str, Any] | None = None
     log_token: Any = None
 
 
@@ -159,7 +160,7 @@ class LedgerMiddleware(Middleware):
             return
         try:
             if not run.skip:
-                self._record_outcome(run, message, result=result, exception=exception)
+                self._record_outcome(run, message, exception=exception)
         finally:
             if run.log_token is not None:
                 log_context.unbind(run.log_token)
@@ -177,11 +178,10 @@ class LedgerMiddleware(Middleware):
         run: RunContext,
         message: dramatiq.MessageProxy,
         *,
-        result: Any,
         exception: BaseException | None,
     ) -> None:
         if exception is None:
-            self._record(run, JobStatus.SUCCEEDED, result=_as_result(result))
+            self._record(run, JobStatus.SUCCEEDED, result=run.result)
             logger.info("job succeeded")
             return
 
@@ -209,12 +209,6 @@ class LedgerMiddleware(Middleware):
                 "outcome %s not recorded: a newer attempt took the job over",
                 status.value,
             )
-
-
-def _as_result(value: Any) -> dict[str, Any] | None:
-    if value is None or isinstance(value, dict):
-        return value
-    return {"value": value}
 
 
 def _parse_uuid(value: str) -> uuid.UUID | None:

@@ -20,8 +20,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    select,
+    update,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, created_at_column, enum_values
 
@@ -145,3 +147,42 @@ class ChargeAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = created_at_column()
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+def list_invoices(
+    session: Session, *, tenant_id: int, limit: int, before_id: int | None = None
+) -> list[PlatformInvoice]:
+    """Return up to ``limit`` of a tenant's invoices, newest (highest id) first.
+
+    ``before_id`` is the id of the last invoice of the previous page.
+    """
+    query = select(PlatformInvoice).where(PlatformInvoice.tenant_id == tenant_id)
+    if before_id is not None:
+        query = query.where(PlatformInvoice.id < before_id)
+    query = query.order_by(PlatformInvoice.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def rearm_awaiting_invoices(session: Session, *, tenant_id: int) -> list[int]:
+    """Make a tenant's invoices that wait for a new payment method due now.
+
+    Call this in the transaction that stores the new payment method, so the
+    next ``charge_due_invoices`` run retries them. Returns the invoice ids.
+    """
+    rows = session.execute(
+        update(PlatformInvoice)
+        .where(
+            PlatformInvoice.tenant_id == tenant_id,
+            PlatformInvoice.awaiting_payment_method.is_(True),
+            PlatformInvoice.status.in_(
+                (InvoiceStatus.OPEN, InvoiceStatus.PAYMENT_FAILED)
+            ),
+        )
+        .values(
+            awaiting_payment_method=False,
+            next_attempt_at=func.now(),
+            updated_at=func.now(),
+        )
+        .returning(PlatformInvoice.id)
+    )
+    return sorted(rows.scalars())

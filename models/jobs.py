@@ -1,9 +1,9 @@
 """The job ledger: one row per job, the source of truth for its status.
 
-Dramatiq delivers each message at least once. The guarded updates here turn
-that into one effective run: a message is processed only by the worker that
-moves its row to ``running``, and the attempt number taken then is a fencing
-token that a worker whose lease was taken over cannot get past.
+Dramatiq delivers each message at least once, and the guarded updates here
+turn that into one effective run. Only the worker that moves a row to
+``running`` processes the message. The attempt number it takes then is a
+fencing token, so a worker whose lease was taken over cannot record an outcome.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
@@ -341,3 +342,35 @@ def count_by_status(session: Session) -> dict[str, int]:
     ):
         counts[status.value] = count
     return counts
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: JobStatus | None = None,
+    type: str | None = None,
+    tenant_id: int | None = None,
+    dedup_key: str | None = None,
+    limit: int = 50,
+    before: tuple[dt.datetime, uuid.UUID] | None = None,
+) -> list[Job]:
+    """Return up to ``limit`` jobs matching the filters, newest first.
+
+    ``before`` is the (created_at, id) of the last job of the previous page.
+    Comparing the row value ``(created_at, id)`` makes each page one range scan
+    of the ``(created_at, id)`` index, however deep the listing goes, and the
+    id breaks ties between jobs created in one transaction.
+    """
+    query = select(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if type is not None:
+        query = query.where(Job.type == type)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    if dedup_key is not None:
+        query = query.where(Job.dedup_key == dedup_key)
+    if before is not None:
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(*before))
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    return list(session.scalars(query))

@@ -61,13 +61,13 @@ def enqueue_due(
 
 
 def main() -> None:
-    settings = get_settings()
-    configure_logging(settings.log_level)
-    setup_broker(settings)
-
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    setup_broker(settings)
 
     logger.info("scheduler started with %d schedules", len(SCHEDULES))
     last_enqueued: dict[str, dt.datetime] = {}

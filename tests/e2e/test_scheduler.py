@@ -31,6 +31,10 @@ def test_replicas_enqueue_each_slot_once(broker, spawn):
     replicas = [spawn(sys.executable, "-m", "scheduler") for _ in range(3)]
 
     wait_for(
+        lambda: all("scheduler started" in replica.log() for replica in replicas),
+        timeout_s=30,
+    )
+    wait_for(
         lambda: (
             {job.dedup_key.split(":")[1] for job in schedule_jobs()}
             >= {"billing-run", "charge-due-invoices", "sweep-jobs", "prune-jobs"}
@@ -40,7 +44,7 @@ def test_replicas_enqueue_each_slot_once(broker, spawn):
     for replica in replicas:
         replica.send_signal(signal.SIGTERM)
     exit_codes = [replica.wait(timeout=15) for replica in replicas]
-    logs = [replica.stderr.read() for replica in replicas]
+    logs = [replica.log() for replica in replicas]
 
     jobs = schedule_jobs()
     assert exit_codes == [0, 0, 0]

@@ -1,0 +1,170 @@
+"""Demo clinics: fixed names, localstripe customers with cards, and API tenants."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import psycopg
+import stripe
+
+from scripts.demo_api import ApiClient
+from scripts.demo_setup import DATABASE_URL, LOCALSTRIPE_STATE_DIR, DemoError
+
+# Town, IANA time zone and billing currency.
+TOWNS = (
+    ("Ashford", "Europe/London", "gbp"),
+    ("Galway", "Europe/Dublin", "eur"),
+    ("Utrecht", "Europe/Amsterdam", "eur"),
+    ("Freiburg", "Europe/Berlin", "eur"),
+    ("Annecy", "Europe/Paris", "eur"),
+    ("Harrogate", "Europe/London", "gbp"),
+    ("Ghent", "Europe/Brussels", "eur"),
+    ("Salzburg", "Europe/Vienna", "eur"),
+    ("Kilkenny", "Europe/Dublin", "eur"),
+    ("Lucca", "Europe/Rome", "eur"),
+)
+PRACTICE_NAMES = (
+    "Veterinary Clinic",
+    "Animal Hospital",
+    "Vets",
+    "Pet Care Centre",
+    "Veterinary Practice",
+)
+PLAN_PRICES_CENTS = (4900, 7900, 12900)
+CLINIC_COUNT = 50
+
+# localstripe test payment methods. The second one (card 4000000000000341)
+# attaches to a customer and is declined with card_declined when charged.
+CARD_THAT_PAYS = "pm_card_visa"
+CARD_DECLINED_AT_CHARGE = "pm_card_chargeCustomerFail"
+# Every tenth clinic, starting with the eighth, gets the declining card.
+DECLINING_CLINIC_STEP = 10
+DECLINING_CLINIC_OFFSET = 7
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoClinic:
+    name: str
+    time_zone: str
+    currency: str
+    plan_price_cents: int
+    card: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Clinic:
+    """A demo clinic as a tenant of the API."""
+
+    tenant_id: int
+    name: str
+    created: bool
+
+
+def demo_clinics() -> list[DemoClinic]:
+    """Return the 50 demo clinics, the same list on every run.
+
+    Clinic i pairs town ``i % 10`` with practice name ``i // 10``, so all 50
+    names differ and neighbours in the list are in different towns.
+    """
+    clinics = []
+    for index in range(CLINIC_COUNT):
+        town, time_zone, currency = TOWNS[index % len(TOWNS)]
+        practice = PRACTICE_NAMES[index // len(TOWNS) % len(PRACTICE_NAMES)]
+        declines = index % DECLINING_CLINIC_STEP == DECLINING_CLINIC_OFFSET
+        clinics.append(
+            DemoClinic(
+                name=f"{town} {practice}",
+                time_zone=time_zone,
+                currency=currency,
+                plan_price_cents=PLAN_PRICES_CENTS[index % len(PLAN_PRICES_CENTS)],
+                card=CARD_DECLINED_AT_CHARGE if declines else CARD_THAT_PAYS,
+            )
+        )
+    return clinics
+
+
+def find_tenants(names: list[str]) -> dict[str, tuple[int, str | None]]:
+    """Return the tenant id and Stripe customer of each name that exists.
+
+    A read-only query on the demo database. Where two tenants have the same
+    name, the older one is returned.
+    """
+    query = (
+        "SELECT DISTINCT ON (name) name, id, stripe_customer_id FROM tenants "
+        "WHERE name = ANY(%s) ORDER BY name, id"
+    )
+    try:
+        with psycopg.connect(
+            DATABASE_URL,
+            connect_timeout=5,
+            options="-c default_transaction_read_only=on",
+        ) as connection:
+            rows = connection.execute(query, (names,)).fetchall()
+    except psycopg.Error as error:
+        raise DemoError(f"looking up demo clinics failed: {error}") from error
+    return {name: (tenant_id, customer) for name, tenant_id, customer in rows}
+
+
+def ensure_clinics(api: ApiClient, stripe_client: stripe.StripeClient) -> list[Clinic]:
+    """Create the demo clinics that do not exist yet, and return all of them."""
+    definitions = demo_clinics()
+    existing = find_tenants([clinic.name for clinic in definitions])
+    clinics = []
+    for clinic in definitions:
+        if clinic.name in existing:
+            tenant_id, customer = existing[clinic.name]
+            _check_customer(stripe_client, clinic.name, customer)
+            clinics.append(Clinic(tenant_id, clinic.name, created=False))
+        else:
+            tenant_id = _create_clinic(api, stripe_client, clinic)
+            clinics.append(Clinic(tenant_id, clinic.name, created=True))
+    return clinics
+
+
+def _check_customer(
+    stripe_client: stripe.StripeClient, name: str, customer: str | None
+) -> None:
+    """Raise DemoError if localstripe no longer has the clinic's customer."""
+    try:
+        if customer:
+            stripe_client.v1.customers.retrieve(customer)
+            return
+    except stripe.InvalidRequestError:
+        pass
+    raise DemoError(
+        f"clinic {name!r} refers to Stripe customer {customer!r}, which the "
+        f"localstripe state in {LOCALSTRIPE_STATE_DIR} does not contain. To start "
+        "the demo data afresh, drop the demo database (dropdb -h 127.0.0.1 "
+        "-U postgres vetqueue_demo) and run the demo again."
+    )
+
+
+def _create_clinic(
+    api: ApiClient, stripe_client: stripe.StripeClient, clinic: DemoClinic
+) -> int:
+    """Create a localstripe customer with the clinic's card, then the tenant."""
+    try:
+        customer = stripe_client.v1.customers.create(
+            params={"name": clinic.name, "metadata": {"source": "vetqueue-demo"}}
+        )
+        payment_method = stripe_client.v1.payment_methods.attach(
+            clinic.card, params={"customer": customer.id}
+        )
+    except stripe.StripeError as error:
+        raise DemoError(
+            f"creating the localstripe customer of {clinic.name!r} failed: {error}"
+        ) from error
+    _, tenant = api.call(
+        "POST",
+        "/v1/tenants",
+        expected=(201,),
+        body={
+            "name": clinic.name,
+            "time_zone": clinic.time_zone,
+            "plan_price_cents": clinic.plan_price_cents,
+            "currency": clinic.currency,
+            "stripe_customer_id": customer.id,
+            "stripe_payment_method_id": payment_method.id,
+        },
+    )
+    return int(tenant["id"])
