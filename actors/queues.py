@@ -1,14 +1,21 @@
-"""Queue depths read from the Redis broker's keys, for the operator view."""
+"""Queue depths and dead letters in the Redis broker's keys, for operators."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
+import uuid
 from typing import Any
 
+from actors.ledger import send_messages
 from actors.registry import QUEUES
+from infra.db import transaction
 from infra.redis import get_redis
 from infra.settings import get_settings
+from models.jobs import Job, reset_failed
+
+logger = logging.getLogger(__name__)
 
 
 def queue_stats() -> list[dict[str, Any]]:
@@ -51,3 +58,51 @@ def queue_stats() -> list[dict[str, Any]]:
             }
         )
     return stats
+
+
+def requeue_dead_letters(queue: str, *, limit: int) -> dict[str, int]:
+    """Send the failed jobs of up to ``limit`` dead letters again, oldest first.
+
+    A dead letter whose ledger job is ``failed`` is reset to ``enqueued`` and
+    sent as a new message. One whose job already left ``failed`` (retried
+    through the API since) is only removed. One with no ledger job to run,
+    such as a message that bypassed the ledger, stays for an operator to read.
+    """
+    namespace = get_settings().dramatiq_namespace
+    client = get_redis()
+    dead_key = f"{namespace}:{queue}.XQ"
+    counts = {"requeued": 0, "removed": 0, "kept": 0}
+
+    for redis_id in client.zrange(dead_key, 0, limit - 1):
+        payload = client.hget(f"{dead_key}.msgs", redis_id)
+        job_id = _job_id_of(payload)
+        outcome = _requeue_job(job_id) if job_id else "kept"
+        if outcome != "kept":
+            with client.pipeline() as pipe:
+                pipe.zrem(dead_key, redis_id)
+                pipe.hdel(f"{dead_key}.msgs", redis_id)
+                pipe.execute()
+        counts[outcome] += 1
+
+    if counts["requeued"] or counts["removed"]:
+        logger.info("dead letters of %s: %s", queue, counts)
+    return counts
+
+
+def _job_id_of(payload: bytes | None) -> uuid.UUID | None:
+    if payload is None:
+        return None
+    try:
+        return uuid.UUID(json.loads(payload)["message_id"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _requeue_job(job_id: uuid.UUID) -> str:
+    with transaction() as session:
+        job = reset_failed(session, job_id=job_id)
+        if job is None:
+            exists = session.get(Job, job_id) is not None
+            return "removed" if exists else "kept"
+    send_messages([job])
+    return "requeued"

@@ -8,12 +8,13 @@ import uuid
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
-from actors.queues import queue_stats
+from actors.queues import queue_stats, requeue_dead_letters
+from actors.registry import QUEUES
 from infra.db import transaction
 from models.jobs import JobStatus, count_by_status, list_jobs
 from scheduler.schedules import SCHEDULES
 from web.auth import SECURITY_SCHEME, authenticate_request, operator_only
-from web.errors import ErrorResponse, error_responses
+from web.errors import ErrorResponse, error_responses, not_found
 
 api = APIBlueprint(
     "ops",
@@ -63,6 +64,20 @@ class SchedulesOut(BaseModel):
     schedules: list[ScheduleOut]
 
 
+class QueuePath(BaseModel):
+    queue: str = Field(description="Queue name: billing, charges or maintenance.")
+
+
+class RequeueQuery(BaseModel):
+    limit: int = Field(100, ge=1, le=1000, description="Dead letters to handle.")
+
+
+class RequeueOut(BaseModel):
+    requeued: int = Field(description="Failed jobs reset to enqueued and sent again.")
+    removed: int = Field(description="Dead letters whose job is no longer failed.")
+    kept: int = Field(description="Dead letters with no ledger job to run.")
+
+
 @api.get("/queues", operation_id="getQueueStats", responses={200: QueuesOut})
 @operator_only
 def get_queues() -> dict[str, object]:
@@ -105,3 +120,23 @@ def get_schedules() -> dict[str, object]:
                 }
             )
     return {"schedules": schedules}
+
+
+@api.post(
+    "/queues/<queue>/dead-letters/requeue",
+    operation_id="requeueDeadLetters",
+    responses={200: RequeueOut, **error_responses(404, 422)},
+)
+@operator_only
+def post_requeue_dead_letters(path: QueuePath, query: RequeueQuery) -> dict[str, int]:
+    """Requeue a queue's dead letters
+
+    Resets the failed job of each dead letter, oldest first, to enqueued and
+    sends it again. Dead letters whose job is no longer failed are removed,
+    and those with no ledger job are kept. Needs an operator key.
+    """
+    if path.queue not in QUEUES:
+        raise not_found(
+            f"queue {path.queue!r} not found; expected one of: {', '.join(QUEUES)}"
+        )
+    return requeue_dead_letters(path.queue, limit=query.limit)

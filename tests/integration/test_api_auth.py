@@ -32,6 +32,7 @@ ENDPOINTS = [
     ("GET", "/v1/tenants/{tenant_id}/platform-invoices", None),
     ("GET", "/v1/ops/queues", None),
     ("GET", "/v1/ops/schedules", None),
+    ("POST", "/v1/ops/queues/{queue}/dead-letters/requeue", None),
 ]
 OPERATOR_ONLY = [
     ("POST", "/v1/jobs/{job_id}/retry"),
@@ -39,6 +40,7 @@ OPERATOR_ONLY = [
     ("PATCH", "/v1/tenants/{tenant_id}"),
     ("GET", "/v1/ops/queues"),
     ("GET", "/v1/ops/schedules"),
+    ("POST", "/v1/ops/queues/{queue}/dead-letters/requeue"),
 ]
 TENANT_RESOURCES = [
     ("GET", "/v1/jobs/{job_id}"),
@@ -95,7 +97,9 @@ def call(
     resources: Resources,
     headers: dict[str, str],
 ) -> TestResponse:
-    url = path.format(tenant_id=resources.tenant_id, job_id=resources.job_id)
+    url = path.format(
+        tenant_id=resources.tenant_id, job_id=resources.job_id, queue="charges"
+    )
     return client.open(url, method=method, json=BODIES[(method, path)], headers=headers)
 
 
