@@ -20,7 +20,10 @@ from models.tenants import Tenant, billable_tenant_ids
 
 logger = logging.getLogger(__name__)
 
-PERIOD_PATTERN = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+PERIOD_PATTERN = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+# Months further back than this are rejected as a likely typo; re-billing an
+# older month is a manual operation.
+MAX_PERIOD_AGE_MONTHS = 36
 # A run enqueues at most this many pages, then continues in a new job, so no
 # single message runs for longer than its time limit however many tenants exist.
 PAGES_PER_RUN_JOB = 20
@@ -38,35 +41,55 @@ def period_start(period: str) -> dt.date:
     return dt.date(int(year), int(month), 1)
 
 
+def check_period_form(value: str) -> str:
+    if not PERIOD_PATTERN.fullmatch(value):
+        raise ValueError("expected a month as YYYY-MM, e.g. 2026-11")
+    return value
+
+
+def months_between(earlier: dt.date, later: dt.date) -> int:
+    return (later.year - earlier.year) * 12 + later.month - earlier.month
+
+
 class BillingRunParams(JobParams):
     period: str = Field(
         default_factory=previous_month,
         description="Billing month as YYYY-MM; defaults to the previous UTC month.",
     )
     after_tenant_id: int = Field(
-        0, ge=0, description="Continue after this tenant id (set by continuations)."
+        0,
+        ge=0,
+        le=2**63 - 1,
+        strict=True,
+        description="Continue after this tenant id (set by continuations).",
     )
 
     @field_validator("period")
     @classmethod
     def _check_period(cls, value: str) -> str:
-        if not PERIOD_PATTERN.match(value):
-            raise ValueError("expected a month as YYYY-MM, e.g. 2026-11")
-        if period_start(value) > dt.datetime.now(dt.UTC).date():
-            raise ValueError("a billing period cannot start in the future")
+        check_period_form(value)
+        this_month = dt.datetime.now(dt.UTC).date().replace(day=1)
+        age = months_between(period_start(value), this_month)
+        if age < 1:
+            raise ValueError(
+                f"{value} has not ended yet; a month is billed once it is over"
+            )
+        if age > MAX_PERIOD_AGE_MONTHS:
+            raise ValueError(
+                f"{value} is more than {MAX_PERIOD_AGE_MONTHS} months ago; "
+                "expected a recent month"
+            )
         return value
 
 
 class BillTenantParams(JobParams):
-    tenant_id: int = Field(gt=0)
+    tenant_id: int = Field(gt=0, le=2**63 - 1, strict=True)
     period: str
 
     @field_validator("period")
     @classmethod
     def _check_period(cls, value: str) -> str:
-        if not PERIOD_PATTERN.match(value):
-            raise ValueError("expected a month as YYYY-MM, e.g. 2026-11")
-        return value
+        return check_period_form(value)
 
 
 def _billing_run_key(params: BillingRunParams) -> str:

@@ -13,7 +13,7 @@ import pydantic
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Retries
 
-from actors.errors import Defer, MalformedMessage, PermanentJobError
+from actors.errors import Defer, LedgerUnavailable, MalformedMessage, PermanentJobError
 from actors.middleware import LedgerMiddleware, current_run
 from actors.registry import JOB_TYPES, JobType, load_job_modules
 from infra.db import transaction
@@ -71,7 +71,14 @@ def run_job(job_type: JobType, **kwargs: Any) -> None:
     delivery, or a job that already finished).
     """
     run = current_run()
-    if run is None or run.skip:
+    if run is None:
+        # The ledger middleware failed before it could claim the message (its
+        # error is logged just before). Raising lets Retries deliver it again
+        # instead of acknowledging a message that never ran.
+        raise LedgerUnavailable(
+            f"job {job_type.name} was not claimed in the ledger; will retry"
+        )
+    if run.skip:
         return
 
     try:

@@ -61,15 +61,34 @@ DUE_PAGE_SIZE = 500
 
 
 class ChargeInvoiceParams(JobParams):
-    invoice_id: int = Field(gt=0)
+    invoice_id: int = Field(gt=0, le=2**63 - 1, strict=True)
     attempt_number: int = Field(
-        1, ge=1, le=50, description="Position of this charge in the dunning sequence."
+        1,
+        ge=1,
+        le=50,
+        strict=True,
+        description="Position of this charge in the dunning sequence.",
     )
+    due_at: str | None = Field(
+        None,
+        max_length=40,
+        description="The invoice's next attempt time that made this charge due.",
+    )
+
+
+def _charge_key(params: ChargeInvoiceParams) -> str:
+    # The due time is part of the key because an attempt can become due more
+    # than once: a charge skipped for want of a card is due again, under the
+    # same attempt number, once the clinic adds one.
+    key = f"charge-invoice:{params.invoice_id}:{params.attempt_number}"
+    return f"{key}:{params.due_at}" if params.due_at else key
 
 
 class ChargeDueInvoicesParams(JobParams):
     slot: str | None = Field(
-        None, description="Schedule slot that triggered the run, if any."
+        None,
+        max_length=64,
+        description="Schedule slot that triggered the run, if any.",
     )
 
 
@@ -112,7 +131,7 @@ def _charge_time_limit_ms(settings: Settings) -> int:
     time_limit_ms=_charge_time_limit_ms,
     max_retries=8,
     max_backoff_ms=6 * 3600_000,
-    natural_key=lambda p: f"charge-invoice:{p.invoice_id}:{p.attempt_number}",
+    natural_key=_charge_key,
 )
 def charge_invoice(params: ChargeInvoiceParams) -> dict[str, Any]:
     """Charge one invoice once for one attempt of its dunning sequence."""
@@ -399,6 +418,7 @@ def charge_due_invoices(params: ChargeDueInvoicesParams) -> dict[str, Any]:
                     PlatformInvoice.id,
                     PlatformInvoice.attempt_count,
                     PlatformInvoice.tenant_id,
+                    PlatformInvoice.next_attempt_at,
                 )
                 .where(
                     PlatformInvoice.status.in_(
@@ -416,6 +436,7 @@ def charge_due_invoices(params: ChargeDueInvoicesParams) -> dict[str, Any]:
                     params={
                         "invoice_id": row.id,
                         "attempt_number": row.attempt_count + 1,
+                        "due_at": row.next_attempt_at.isoformat(),
                     },
                     tenant_id=row.tenant_id,
                 )

@@ -15,6 +15,10 @@ class MalformedMessage(PermanentJobError):
     """A message's params do not match its job type."""
 
 
+class LedgerUnavailable(Exception):
+    """The ledger could not claim a message, so it was not run and is retried."""
+
+
 class Defer(Exception):  # noqa: N818 - a control-flow signal, like dramatiq.Retry
     """Run the job again after ``delay_s`` without using up one of its retries.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import logging
 from typing import Any
@@ -13,35 +15,63 @@ from actors.registry import JobParams, job_type
 from infra.db import transaction
 from infra.redis import get_redis
 from infra.settings import get_settings
-from models.jobs import JobStatus, jobs_to_resend, prune_finished, touch_due_time
+from models.jobs import (
+    Job,
+    JobStatus,
+    jobs_to_resend,
+    prune_finished,
+    touch_due_time,
+)
 
 logger = logging.getLogger(__name__)
 
 SWEEP_BATCH = 1000
+# A message fetched but not started for this many sweep periods is sent again.
+STUCK_FACTOR = 10
 PRUNE_BATCH = 5000
 
 
 class ScheduledParams(JobParams):
-    slot: str | None = Field(None, description="Schedule slot that triggered the run.")
+    slot: str | None = Field(
+        None, max_length=64, description="Schedule slot that triggered the run."
+    )
 
 
-def queued_message_ids(queue_names: set[str]) -> set[str]:
-    """Return the message ids stored in Redis for these queues, ready or delayed.
+@dataclasses.dataclass
+class QueuedMessages:
+    """Message ids in Redis: waiting in a queue list, or fetched by a worker."""
 
-    The payload hashes contain every message that is ready, in flight or
-    delayed. A job whose id is in none of them has lost its message.
+    waiting: set[str] = dataclasses.field(default_factory=set)
+    fetched: set[str] = dataclasses.field(default_factory=set)
+    unreadable: int = 0
+
+
+def queued_messages(queue_names: set[str]) -> QueuedMessages:
+    """Read which message ids Redis holds for these queues, and where.
+
+    A payload hash contains every message of a queue that is ready, fetched or
+    delayed, and the queue's list contains the ids not fetched yet. A fetched
+    message stays in the hash until its worker acknowledges it, and also when
+    that worker died or its consumer failed on an unreadable neighbour.
     """
-    settings = get_settings()
+    namespace = get_settings().dramatiq_namespace
     client = get_redis()
-    found: set[str] = set()
+    found = QueuedMessages()
     for queue in queue_names:
         for suffix in ("", ".DQ"):
-            key = f"{settings.dramatiq_namespace}:{queue}{suffix}.msgs"
-            for payload in client.hvals(key):
+            base = f"{namespace}:{queue}{suffix}"
+            payloads = client.hgetall(f"{base}.msgs")
+            listed = set(client.lrange(base, 0, -1))
+            for redis_id, payload in payloads.items():
                 try:
-                    found.add(json.loads(payload)["message_id"])
+                    message_id = json.loads(payload)["message_id"]
                 except (ValueError, KeyError, TypeError):
-                    logger.warning("unreadable message payload in %s", key)
+                    found.unreadable += 1
+                    continue
+                if redis_id in listed:
+                    found.waiting.add(message_id)
+                else:
+                    found.fetched.add(message_id)
     return found
 
 
@@ -53,32 +83,52 @@ def queued_message_ids(queue_names: set[str]) -> set[str]:
     natural_key=lambda p: f"sweep-jobs:{p.slot}",
 )
 def sweep_jobs(params: ScheduledParams) -> dict[str, Any]:
-    """Re-send overdue jobs whose message is no longer in Redis.
+    """Re-send overdue jobs whose message was lost or is stuck.
 
-    Pending jobs are re-sent only when their message is missing (a Redis flush
-    or restart, or a crash between commit and send). Running jobs with an
-    expired lease are always re-sent, because their message may sit in the ack
-    set of a dead worker for many minutes before Dramatiq requeues it.
+    A pending job is re-sent when its message is missing from Redis (a Redis
+    flush or restart, or a crash between commit and send), or when a worker
+    fetched it and has not started it for STUCK_FACTOR sweep periods (the
+    worker died, or its consumer failed on an unreadable message). A running
+    job with an expired lease is always re-sent, because its message may sit
+    with a dead worker for many minutes before Dramatiq requeues it.
+    Duplicate messages are harmless: only one of them can claim the job.
     """
     settings = get_settings()
-    resent = 0
+    stuck_before = dt.datetime.now(dt.UTC) - dt.timedelta(
+        seconds=settings.sweep_after_s * STUCK_FACTOR
+    )
     with transaction() as session:
         overdue = jobs_to_resend(
             session, stale_after_s=settings.sweep_after_s, limit=SWEEP_BATCH
         )
-        if overdue:
-            present = queued_message_ids({job.queue for job in overdue})
-            lost = [
-                job
-                for job in overdue
-                if job.status == JobStatus.RUNNING or str(job.id) not in present
-            ]
-            touch_due_time(session, [job.id for job in lost])
-    if overdue:
-        resent = send_messages(lost)
+        if not overdue:
+            return {"overdue": 0, "resent": 0}
+        queued = queued_messages({job.queue for job in overdue})
+        to_send = [
+            job
+            for job in overdue
+            if job.status == JobStatus.RUNNING
+            or _is_lost_or_stuck(job, queued, stuck_before=stuck_before)
+        ]
+        touch_due_time(session, [job.id for job in to_send])
+
+    resent = send_messages(to_send)
+    if queued.unreadable:
+        logger.warning("%d unreadable message payloads in Redis", queued.unreadable)
     if resent:
-        logger.warning("re-sent %d jobs whose message was lost or stalled", resent)
+        logger.warning("re-sent %d jobs whose message was lost or stuck", resent)
     return {"overdue": len(overdue), "resent": resent}
+
+
+def _is_lost_or_stuck(
+    job: Job, queued: QueuedMessages, *, stuck_before: dt.datetime
+) -> bool:
+    job_id = str(job.id)
+    if job_id in queued.waiting:
+        return False
+    if job_id in queued.fetched:
+        return job.next_attempt_at < stuck_before
+    return True
 
 
 @job_type(

@@ -11,10 +11,12 @@ from typing import Any
 
 import dramatiq
 from dramatiq.middleware import Middleware
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 
 from infra import logging as log_context
 from infra.db import transaction
-from models.jobs import Claim, Job, JobStatus, claim, finish
+from models.jobs import Claim, Job, JobStatus, claim, finish, mark_pending_failed
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +25,7 @@ logger = logging.getLogger(__name__)
 class RunContext:
     """The job a worker thread is running, set for the length of one message."""
 
-    job_id: uuid.UUID
+    job_id: uuid.UUID | None
     attempt: int
     message_id: str
     skip: bool = False
@@ -66,8 +68,18 @@ class LedgerMiddleware(Middleware):
         if job_id is None:
             self._reject_unknown(message, reason="message id is not a job id")
             return
-        with transaction() as session:
-            outcome = claim(session, job_id=job_id, lease_s=lease_s)
+        try:
+            with transaction() as session:
+                outcome = claim(session, job_id=job_id, lease_s=lease_s)
+        except Exception:
+            # Without a run context the actor raises LedgerUnavailable, so
+            # Dramatiq retries the message instead of acknowledging it.
+            logger.error(
+                "claiming the job in the ledger failed; the message will be retried",
+                extra={"job_id": str(job_id), "actor": message.actor_name},
+                exc_info=True,
+            )
+            return
         if not outcome.started:
             self._skip(message, job_id, outcome)
             return
@@ -108,20 +120,9 @@ class LedgerMiddleware(Middleware):
 
     def _reject_unknown(self, message: dramatiq.MessageProxy, *, reason: str) -> None:
         """Record a message that bypassed the ledger as failed, and dead-letter it."""
-        job_id = uuid.uuid4()
         with transaction() as session:
-            session.add(
-                Job(
-                    id=job_id,
-                    type=message.actor_name[:64],
-                    params=message.kwargs if isinstance(message.kwargs, dict) else {},
-                    dedup_key=f"message:{message.message_id}",
-                    queue=message.queue_name,
-                    status=JobStatus.FAILED,
-                    attempts=1,
-                    last_error=f"malformed message: {reason}",
-                    finished_at=dt.datetime.now(dt.UTC),
-                )
+            job_id = _record_stray_message(
+                session, message, error=f"malformed message: {reason}"
             )
         logger.error(
             "malformed message dead-lettered: %s",
@@ -132,6 +133,33 @@ class LedgerMiddleware(Middleware):
             job_id=job_id, attempt=0, message_id=message.message_id, skip=True
         )
         message.fail()
+
+    def after_nack(
+        self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
+    ) -> None:
+        """Record dead letters that never reached the ledger as failed jobs.
+
+        Dramatiq dead-letters a message for an actor this worker does not
+        declare before any middleware sees it run. Jobs that are running are
+        left alone: a newer attempt may hold them while an older copy fails.
+        """
+        error = (
+            "dead-lettered without running: no worker declares actor "
+            f"{message.actor_name!r}, or the message could not be processed"
+        )
+        job_id = _parse_uuid(message.message_id)
+        with transaction() as session:
+            if job_id is not None and session.get(Job, job_id) is not None:
+                recorded = mark_pending_failed(session, job_id=job_id, error=error)
+            else:
+                recorded = (
+                    _record_stray_message(session, message, error=error) is not None
+                )
+        if recorded:
+            logger.error(
+                "dead letter recorded as a failed job",
+                extra={"message_id": message.message_id, "actor": message.actor_name},
+            )
 
     def before_enqueue(
         self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int | None
@@ -200,6 +228,7 @@ class LedgerMiddleware(Middleware):
         logger.info("job will retry at %s after: %s", next_attempt_at, error)
 
     def _record(self, run: RunContext, status: JobStatus, **fields: Any) -> None:
+        assert run.job_id is not None
         with transaction() as session:
             recorded = finish(
                 session, job_id=run.job_id, attempt=run.attempt, status=status, **fields
@@ -216,3 +245,27 @@ def _parse_uuid(value: str) -> uuid.UUID | None:
         return uuid.UUID(value)
     except ValueError:
         return None
+
+
+def _record_stray_message(
+    session: Session, message: dramatiq.MessageProxy, *, error: str
+) -> uuid.UUID | None:
+    """Insert a failed job for a message with no ledger row, once per message id."""
+    job_id = uuid.uuid4()
+    inserted = session.scalar(
+        insert(Job)
+        .values(
+            id=job_id,
+            type=message.actor_name[:64],
+            params=message.kwargs if isinstance(message.kwargs, dict) else {},
+            dedup_key=f"message:{message.message_id}",
+            queue=message.queue_name,
+            status=JobStatus.FAILED,
+            attempts=1,
+            last_error=error,
+            finished_at=dt.datetime.now(dt.UTC),
+        )
+        .on_conflict_do_nothing(index_elements=["dedup_key"])
+        .returning(Job.id)
+    )
+    return inserted

@@ -4,9 +4,16 @@ Dramatiq's command line imports this module and consumes with the global
 broker, so the module sets the broker up when it is imported.
 """
 
+import sys
+
 from actors.broker import setup_broker
 from infra.logging import configure_logging
-from infra.settings import get_settings
+from infra.settings import SettingsError, get_settings
 
-configure_logging(get_settings().log_level)
-broker = setup_broker()
+try:
+    settings = get_settings()
+except SettingsError as error:
+    sys.exit(f"worker not started: {error}")
+
+configure_logging(settings.log_level)
+broker = setup_broker(settings)

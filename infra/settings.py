@@ -16,7 +16,7 @@ class SettingsError(RuntimeError):
 class Settings(BaseSettings):
     """Process-wide configuration. Every field maps to an upper-case variable."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     database_url: str = Field(
         "postgresql+psycopg://postgres@127.0.0.1:5432/vetqueue",
@@ -69,17 +69,18 @@ class Settings(BaseSettings):
         description="Delay before a failed job's first retry; later ones double it.",
     )
     lease_grace_s: float = Field(
-        30.0, gt=0, description="Lease length beyond an actor's time limit."
+        30.0, gt=0, le=3600, description="Lease length beyond an actor's time limit."
     )
     max_worker_deaths: int = Field(
-        3, ge=1, description="Expired leases after which a job is marked failed."
+        3, ge=1, le=100, description="Expired leases after which a job is failed."
     )
     sweep_after_s: float = Field(
         60.0,
         gt=0,
+        le=86_400,
         description="Seconds past its due time before an unstarted job is re-sent.",
     )
-    job_retention_days: int = Field(30, ge=1)
+    job_retention_days: int = Field(30, ge=1, le=3650)
     billing_page_size: int = Field(500, ge=1, le=10_000)
 
     max_request_bytes: int = Field(64 * 1024, ge=1024)
@@ -111,13 +112,13 @@ class Settings(BaseSettings):
     def _parse_days(cls, value: object) -> object:
         if isinstance(value, str):
             try:
-                value = tuple(int(part) for part in value.split(",") if part.strip())
+                value = tuple(int(part) for part in value.split(","))
             except ValueError:
                 raise ValueError(
                     "expected comma-separated whole days, e.g. 3,5,7"
                 ) from None
-        if not value or any(int(day) < 1 for day in value):
-            raise ValueError("expected at least one whole number of days, each >= 1")
+        if not value or any(not 1 <= int(day) <= 60 for day in value):
+            raise ValueError("expected one or more whole days, each from 1 to 60")
         return value
 
 

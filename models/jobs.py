@@ -272,6 +272,21 @@ def finish(
     return updated.rowcount == 1
 
 
+def mark_pending_failed(session: Session, *, job_id: uuid.UUID, error: str) -> bool:
+    """Fail a job that never started; returns False unless it was pending."""
+    updated = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(PENDING_STATUSES))
+        .values(
+            status=JobStatus.FAILED,
+            last_error=error[:MAX_ERROR_CHARS],
+            finished_at=func.now(),
+            updated_at=func.now(),
+        )
+    )
+    return updated.rowcount == 1
+
+
 def jobs_to_resend(session: Session, *, stale_after_s: float, limit: int) -> list[Job]:
     """Return pending jobs past their due time, and running jobs with expired leases.
 

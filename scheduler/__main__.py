@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import signal
+import sys
 import threading
 
 from actors.broker import setup_broker
 from actors.ledger import enqueue
 from infra.logging import configure_logging
-from infra.settings import get_settings
+from infra.settings import SettingsError, get_settings
 from scheduler.schedules import SCHEDULES, Schedule, slot_label
 
 logger = logging.getLogger("scheduler")
@@ -65,7 +66,10 @@ def main() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except SettingsError as error:
+        sys.exit(f"scheduler not started: {error}")
     configure_logging(settings.log_level)
     setup_broker(settings)
 

@@ -22,6 +22,7 @@ from web.cli import keys
 from web.errors import (
     ErrorResponse,
     register_error_handling,
+    reject_nul_in_query,
     validation_error_response,
 )
 
@@ -84,6 +85,7 @@ def create_app(config: dict[str, Any] | None = None) -> VetqueueOpenAPI:
     }
 
     register_error_handling(app)
+    app.before_request(reject_nul_in_query)
     for blueprint in (health.api, jobs.api, tenants.api, ops.api):
         app.register_api(blueprint)
     app.cli.add_command(keys)

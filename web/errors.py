@@ -189,15 +189,51 @@ def require_json_body() -> None:
         problem = "the body is empty"
     else:
         try:
-            current_app.json.loads(data)
-            return
+            document = current_app.json.loads(data)
         except ValueError as exc:
             problem = str(exc)
+        except RecursionError:
+            problem = "nested too deeply"
+        else:
+            _reject_nul_characters(document, path="")
+            return
     raise ApiError(
         400,
         "invalid_json",
         f"request body is not valid JSON ({problem}); send one JSON object",
     )
+
+
+def _reject_nul_characters(value: Any, *, path: str) -> None:
+    """Raise 422 naming the first field whose key or text contains U+0000.
+
+    PostgreSQL cannot store that character in text or JSONB, so it is
+    rejected here rather than failing the insert with a 500.
+    """
+    if isinstance(value, str) and "\x00" in value:
+        raise validation_failed(
+            [{"field": path or "body", "message": "must not contain U+0000"}]
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            field = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                raise validation_failed(
+                    [{"field": field, "message": "key must not contain U+0000"}]
+                )
+            _reject_nul_characters(item, path=field)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_nul_characters(item, path=f"{path}[{index}]")
+
+
+def reject_nul_in_query() -> None:
+    """Reject query parameters that contain U+0000, naming the parameter."""
+    for name, value in request.args.items(multi=True):
+        if "\x00" in name or "\x00" in value:
+            raise validation_failed(
+                [{"field": name, "message": "must not contain U+0000"}]
+            )
 
 
 def _reject_cut_stream(read_bytes: int) -> None:

@@ -54,3 +54,14 @@ def test_replicas_enqueue_each_slot_once(broker, spawn):
     billing = [job for job in jobs if job.type == "billing_run"]
     assert len(billing) == 1
     assert billing[0].dedup_key.startswith("schedule:billing-run:")
+
+
+def test_invalid_setting_stops_start(spawn, monkeypatch):
+    monkeypatch.setenv("STRIPE_MAX_CONCURRENCY", "zero")
+
+    scheduler = spawn(sys.executable, "-m", "scheduler")
+    exit_code = scheduler.wait(timeout=30)
+
+    assert exit_code != 0
+    assert "STRIPE_MAX_CONCURRENCY" in scheduler.log()
+    assert "Traceback" not in scheduler.log()

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from werkzeug.test import TestResponse
 
 from actors.ledger import enqueue
-from actors.maintenance import queued_message_ids
+from actors.maintenance import queued_messages
 from infra.db import transaction
 from infra.redis import get_redis
 from models.api_keys import ApiKeyRole
@@ -192,7 +192,7 @@ def test_enqueue_future_period_rejected(client, operator):
 
     assert response.status_code == 422
     assert error_fields(response) == ["params.period"]
-    assert "future" in response.json["error"]["message"]
+    assert "has not ended" in response.json["error"]["message"]
     assert job_count() == 0
 
 
@@ -512,7 +512,7 @@ def test_retry_failed_job_resends(client, operator):
     assert response.status_code == 202
     assert response.json["status"] == "enqueued"
     assert jobs_with_key(job.dedup_key)[0].status == JobStatus.ENQUEUED
-    assert str(job.id) in queued_message_ids({"billing"})
+    assert str(job.id) in queued_messages({"billing"}).waiting
 
 
 def test_retry_unfailed_job_conflicts(client, operator):

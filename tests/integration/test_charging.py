@@ -15,7 +15,7 @@ from actors.charging import (
 from actors.ledger import enqueue
 from infra.db import transaction
 from infra.stripe_client import get_stripe
-from models.billing import ChargeAttempt, PlatformInvoice
+from models.billing import ChargeAttempt, PlatformInvoice, rearm_awaiting_invoices
 from models.jobs import JobStatus
 from models.notifications import Notification
 from models.tenants import Tenant
@@ -244,4 +244,35 @@ def test_idempotency_mismatch_fails_job(worker, stripe_server):
     assert "Stripe rejected the charge" in job.last_error
     assert attempt.outcome.value == "error"
     assert invoice.status.value == "payment_failed"
+    assert len(stripe_server.payment_intents()) == 1
+
+
+def test_card_added_later_gets_charged(worker, stripe_server):
+    [tenant_id] = create_tenants(1)
+    with transaction() as session:
+        session.execute(
+            update(Tenant)
+            .where(Tenant.id == tenant_id)
+            .values(stripe_payment_method_id=None)
+        )
+    bill(tenant_id)
+    wait_for(all_jobs_finished)
+    [waiting] = invoices()
+
+    with transaction() as session:
+        session.execute(
+            update(Tenant)
+            .where(Tenant.id == tenant_id)
+            .values(stripe_payment_method_id="pm_card_visa")
+        )
+        rearmed = rearm_awaiting_invoices(session, tenant_id=tenant_id)
+    result = charge_due_invoices(ChargeDueInvoicesParams(slot="after-card"))
+    wait_for(all_jobs_finished)
+
+    [invoice] = invoices()
+    assert waiting.awaiting_payment_method is True
+    assert waiting.status.value == "open"
+    assert rearmed == [invoice.id]
+    assert result == {"enqueued": 1}
+    assert invoice.status.value == "paid"
     assert len(stripe_server.payment_intents()) == 1

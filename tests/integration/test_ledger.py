@@ -283,3 +283,89 @@ def test_sweep_leaves_queued_messages_alone(broker):
 
     assert summary == {"overdue": 1, "resent": 0}
     assert queued_payloads("billing") == 1
+
+
+def test_unknown_actor_recorded_failed(broker, worker):
+    job_id = uuid.uuid4()
+    with transaction() as session:
+        session.add(
+            Job(
+                id=job_id,
+                type="retired_actor",
+                params={},
+                dedup_key="retired",
+                queue="billing",
+                status=JobStatus.ENQUEUED,
+            )
+        )
+    message = dramatiq.Message(
+        queue_name="billing",
+        actor_name="retired_actor",
+        args=(),
+        kwargs={},
+        options={},
+        message_id=str(job_id),
+        message_timestamp=int(time.time() * 1000),
+    )
+
+    broker.enqueue(message)
+    wait_for(lambda: dead_letters("billing") == 1, timeout_s=15)
+
+    job = wait_for(
+        lambda: get_job("retired").status == JobStatus.FAILED and get_job("retired"),
+        timeout_s=5,
+    )
+    assert "retired_actor" in job.last_error
+
+
+def test_claim_failure_retries_message(broker, worker):
+    [tenant_id] = create_tenants(1)
+    # The database refuses to start jobs, so the claim itself fails.
+    with transaction() as session:
+        session.execute(
+            text(
+                "CREATE FUNCTION refuse_claim() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.status = 'running' THEN "
+                "RAISE EXCEPTION 'job claims refused'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql;"
+                "CREATE TRIGGER refuse_claim BEFORE UPDATE ON jobs "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_claim();"
+            )
+        )
+    try:
+        enqueue("bill_tenant", {"tenant_id": tenant_id, "period": "2026-10"})
+        wait_for(lambda: get_redis().hlen(f"{NAMESPACE}:billing.DQ.msgs") == 1)
+        refused = get_job(f"bill-tenant:{tenant_id}:2026-10")
+    finally:
+        with transaction() as session:
+            session.execute(
+                text("DROP TRIGGER refuse_claim ON jobs; DROP FUNCTION refuse_claim();")
+            )
+
+    wait_for(all_jobs_finished, timeout_s=30)
+
+    assert refused.status == JobStatus.ENQUEUED
+    assert refused.attempts == 0
+    assert len(invoices()) == 1
+
+
+def test_sweep_resends_stuck_fetched_message(broker):
+    enqueue("billing_run", {"period": "2026-10"})
+    # Take the id off the ready list as a worker's fetch does, and leave the
+    # payload, as a worker that died before acknowledging it would.
+    get_redis().lpop(f"{NAMESPACE}:billing")
+
+    with transaction() as session:
+        session.execute(
+            update(Job).values(next_attempt_at=text("now() - interval '5 seconds'"))
+        )
+    recent = sweep_jobs(ScheduledParams(slot="recent"))
+    with transaction() as session:
+        session.execute(
+            update(Job).values(next_attempt_at=text("now() - interval '1 hour'"))
+        )
+    stuck = sweep_jobs(ScheduledParams(slot="stuck"))
+
+    assert recent == {"overdue": 1, "resent": 0}
+    assert stuck == {"overdue": 1, "resent": 1}
+    assert get_redis().llen(f"{NAMESPACE}:billing") == 1

@@ -4,7 +4,7 @@ import pydantic
 import pytest
 import stripe
 
-from actors.billing import BillingRunParams, previous_month
+from actors.billing import BillingRunParams, BillTenantParams, previous_month
 from actors.charging import idempotency_key
 from actors.stripe_calls import is_transient
 
@@ -14,7 +14,18 @@ def test_previous_month_crosses_year():
     assert previous_month(dt.date(2026, 3, 1)) == "2026-02"
 
 
-@pytest.mark.parametrize("period", ["2026-13", "2026-1", "26-01", "next month", ""])
+@pytest.mark.parametrize(
+    "period",
+    [
+        "2026-13",
+        "2026-1",
+        "26-01",
+        "next month",
+        "",
+        "2026-11\n",
+        "\uff12\uff10\uff12\uff16-11",
+    ],
+)
 def test_period_rejects_bad_form(period):
     with pytest.raises(pydantic.ValidationError) as caught:
         BillingRunParams(period=period)
@@ -23,9 +34,25 @@ def test_period_rejects_bad_form(period):
     assert "YYYY-MM" in str(caught.value)
 
 
-def test_period_rejects_future_month():
-    with pytest.raises(pydantic.ValidationError, match="future"):
+def test_period_rejects_unfinished_months():
+    this_month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+
+    with pytest.raises(pydantic.ValidationError, match="has not ended"):
+        BillingRunParams(period=this_month)
+    with pytest.raises(pydantic.ValidationError, match="has not ended"):
         BillingRunParams(period="2999-01")
+
+
+def test_period_rejects_ancient_month():
+    with pytest.raises(pydantic.ValidationError, match="more than 36 months"):
+        BillingRunParams(period="0001-01")
+
+
+def test_tenant_id_must_be_integer():
+    with pytest.raises(pydantic.ValidationError):
+        BillTenantParams(tenant_id="5", period="2026-10")
+    with pytest.raises(pydantic.ValidationError):
+        BillTenantParams(tenant_id=2**63, period="2026-10")
 
 
 def test_unknown_param_rejected():

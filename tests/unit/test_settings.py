@@ -25,6 +25,11 @@ def test_defaults_point_at_local_servers(monkeypatch):
         ("STRIPE_READ_TIMEOUT_S", "soon", "STRIPE_READ_TIMEOUT_S"),
         ("DUNNING_RETRY_DAYS", "3,x", "DUNNING_RETRY_DAYS"),
         ("DUNNING_RETRY_DAYS", "0", "DUNNING_RETRY_DAYS"),
+        ("DUNNING_RETRY_DAYS", "3,,5", "DUNNING_RETRY_DAYS"),
+        ("DUNNING_RETRY_DAYS", "1000000000", "DUNNING_RETRY_DAYS"),
+        ("LEASE_GRACE_S", "inf", "LEASE_GRACE_S"),
+        ("SWEEP_AFTER_S", "nan", "SWEEP_AFTER_S"),
+        ("JOB_RETENTION_DAYS", "1000000000", "JOB_RETENTION_DAYS"),
         ("LOG_LEVEL", "chatty", "LOG_LEVEL"),
     ],
 )

@@ -1,0 +1,88 @@
+"""Input the database cannot store, or that would exhaust the parser."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.factories import jobs_by_status
+
+
+def post_json(client, caller, url: str, body: str):
+    return client.post(
+        url, data=body, content_type="application/json", headers=caller.headers
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "field"),
+    [
+        ("/v1/tenants", '{"name": "Clinic\\u0000", "plan_price_cents": 100}', "name"),
+        (
+            "/v1/jobs",
+            '{"type": "charge_due_invoices", "params": {"slot": "a\\u0000"}}',
+            "params.slot",
+        ),
+        (
+            "/v1/jobs",
+            '{"type": "billing_run", "params": {"\\u0000": 1}}',
+            "params.\x00",
+        ),
+    ],
+)
+def test_nul_character_rejected(client, operator, url, body, field):
+    response = post_json(client, operator, url, body)
+
+    assert response.status_code == 422
+    assert response.json["error"]["details"]["fields"][0]["field"] == field
+    assert "U+0000" in response.json["error"]["message"]
+    assert jobs_by_status() == {}
+
+
+def test_nul_in_query_rejected(client, operator):
+    response = client.get("/v1/jobs?dedup_key=%00", headers=operator.headers)
+
+    assert response.status_code == 422
+    assert response.json["error"]["details"]["fields"][0]["field"] == "dedup_key"
+
+
+def test_deep_nesting_rejected(client, operator):
+    body = '{"type": "billing_run", "params": ' + "[" * 5000 + "]" * 5000 + "}"
+
+    response = post_json(client, operator, "/v1/jobs", body)
+
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json["error"]["message"]
+
+
+def test_long_slot_rejected(client, operator):
+    response = client.post(
+        "/v1/jobs",
+        json={"type": "charge_due_invoices", "params": {"slot": "x" * 7000}},
+        headers=operator.headers,
+    )
+
+    assert response.status_code == 422
+    assert response.json["error"]["details"]["fields"][0]["field"] == "params.slot"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"period": "2026-11\n"},
+        {"period": "\uff12\uff10\uff12\uff16-11"},
+        {"period": "0001-01"},
+        {"period": "2026-10", "after_tenant_id": 99999999999999999999999},
+        {"period": "2026-10", "after_tenant_id": "5"},
+    ],
+    ids=["newline", "full-width", "ancient", "huge-id", "string-id"],
+)
+def test_billing_params_rejected(client, operator, params):
+    response = client.post(
+        "/v1/jobs",
+        json={"type": "billing_run", "params": params},
+        headers=operator.headers,
+    )
+
+    assert response.status_code == 422
+    assert response.json["error"]["details"]["fields"][0]["field"].startswith("params.")
+    assert jobs_by_status() == {}
