@@ -208,12 +208,13 @@ def create_job(
             raise validation_failed(_unknown_type_problems(body.type)) from None
         except DedupKeyConflict as exc:
             existing = exc.existing
+            differs = "params" if existing.type == body.type else "type"
             raise ApiError(
                 409,
                 "dedup_key_conflict",
                 f"dedup key {existing.dedup_key!r} already belongs to job "
-                f"{existing.id} of type {existing.type} with other params; send "
-                "a new Idempotency-Key for a different job",
+                f"{existing.id} of type {existing.type} with different {differs}; "
+                "send a new Idempotency-Key for a different job",
                 details={"job_id": str(existing.id), "type": existing.type},
             ) from None
 

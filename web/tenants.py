@@ -56,9 +56,13 @@ api.before_request(authenticate_request)
 api.before_request(require_json_body)
 
 
+# Entries of the system's zoneinfo folder that are not IANA zone names.
+NOT_ZONE_NAMES = frozenset({"localtime", "posixrules", "Factory"})
+
+
 @functools.cache
 def _time_zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+    return frozenset(zoneinfo.available_timezones()) - NOT_ZONE_NAMES
 
 
 def _check_time_zone(value: str) -> str:
