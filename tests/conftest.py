@@ -1,7 +1,7 @@
 """Fixtures shared by every test: a migrated test database, a Redis database of
 the tests' own, the broker, in-process workers and the Stripe test server.
 
-Tests need the real PostgreSQL and Redis servers. When one does not answer,
+Tests need the real PostgreSQL and Redis servers. When one does not respond,
 the session stops with an error instead of skipping tests.
 """
 
@@ -104,7 +104,7 @@ def _require_postgres() -> sa.Engine:
             connection.execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError as exc:
         pytest.exit(
-            f"PostgreSQL does not answer at {SERVER_URL}: {exc}. Start it "
+            f"PostgreSQL does not respond at {SERVER_URL}: {exc}. Start it "
             "(see README) or set VETQUEUE_TEST_POSTGRES.",
             returncode=3,
         )
@@ -116,7 +116,7 @@ def _require_redis() -> None:
         redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2).ping()
     except redis.RedisError as exc:
         pytest.exit(
-            f"Redis does not answer at {REDIS_TEST_URL}: {exc}. Start it "
+            f"Redis does not respond at {REDIS_TEST_URL}: {exc}. Start it "
             "(see README) or set VETQUEUE_TEST_REDIS.",
             returncode=3,
         )

@@ -16,7 +16,7 @@ from tests.factories import create_tenants, get_job, invoices
 def test_sigkill_during_charge_charges_once(broker, stripe_server, spawn):
     [tenant_id] = create_tenants(1)
     # The charge stays in flight for 1.5 s, inside the client's 2 s read
-    # timeout, so the worker is killed while it waits for Stripe's answer.
+    # timeout, so the worker is killed while it waits for Stripe's response.
     stripe_server.add_faults([{"kind": "delay", "seconds": 1.5}])
     first = spawn(*worker_command("billing", "charges"))
 
