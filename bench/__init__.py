@@ -1,0 +1,1 @@
+"""Benchmarks, run by hand with ``make bench`` or ``python -m bench.<name>``."""

@@ -1,0 +1,13 @@
+"""Worker entry module of the pipeline benchmark: ``dramatiq bench._worker``.
+
+Registers the bench's no-op job type, then sets the broker up as
+``actors.worker`` does, so the worker runs every product job type as well.
+"""
+
+from actors.broker import setup_broker
+from bench import _noop_jobs  # noqa: F401 - registers the bench_noop job type
+from infra.logging import configure_logging
+from infra.settings import get_settings
+
+configure_logging(get_settings().log_level)
+broker = setup_broker()

@@ -1,0 +1,243 @@
+"""Benchmark: client CPU of the ledger's claim and finish, as written and two variants.
+
+Every job a worker runs makes two ledger transactions: ``models.jobs.claim``
+before the actor and ``models.jobs.finish`` after it. This benchmark runs both
+on one thread, one job at a time, and reports the client's CPU time per job
+(``time.thread_time``) and the wall time:
+
+- as written: ``models.jobs.claim`` and ``models.jobs.finish`` in sessions;
+- the same ORM statements with ``synchronize_session=False``, so SQLAlchemy
+  does not evaluate the WHERE clause against the session's objects;
+- the same SQL as ``text()`` statements built once, on a Core connection.
+
+The variants exist only here, to show what the statements cost.
+
+Run from the repository root: ``python -m bench.ledger_statements [--jobs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import and_, case, func, or_, text, update
+from sqlalchemy.orm import Session
+
+from bench._common import (
+    BenchError,
+    apply_environment,
+    bench_environment,
+    check_bench_urls,
+    cleanup_on_exit,
+    create_database,
+    drop_database,
+    exclusive_run,
+    format_table,
+    interrupt_on_signals,
+    machine_description,
+    require_servers,
+)
+
+LEASE_S = 90.0
+ROUNDS = 2
+
+# NOTE: the statements below and the two *_without_sync functions copy the SQL
+# of models.jobs.claim and models.jobs.finish for a successful run, so they
+# must change when those functions do.
+CLAIM_SQL = text(
+    """
+    UPDATE jobs SET
+        status = 'running',
+        attempts = attempts + 1,
+        deaths = deaths + CASE
+            WHEN status = 'running' AND lease_expires_at < now() THEN 1 ELSE 0 END,
+        lease_expires_at = now() + make_interval(secs => :lease_s),
+        started_at = coalesce(started_at, now()),
+        updated_at = now()
+    WHERE id = :job_id
+        AND (status IN ('enqueued', 'retrying')
+             OR (status = 'running' AND lease_expires_at < now()))
+    RETURNING attempts, deaths
+    """
+)
+FINISH_SQL = text(
+    """
+    UPDATE jobs SET
+        status = 'succeeded',
+        lease_expires_at = NULL,
+        updated_at = now(),
+        last_error = NULL,
+        finished_at = now(),
+        result = NULL
+    WHERE id = :job_id AND attempts = :attempt AND status = 'running'
+    """
+)
+
+
+def claim_without_sync(session: Session, *, job_id: uuid.UUID) -> int:
+    """Run claim's UPDATE with synchronize_session=False and return the attempt."""
+    from models.jobs import PENDING_STATUSES, Job, JobStatus
+
+    now = func.now()
+    expired = and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, or_(Job.status.in_(PENDING_STATUSES), expired))
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=Job.attempts + 1,
+            deaths=Job.deaths + case((expired, 1), else_=0),
+            lease_expires_at=now + dt.timedelta(seconds=LEASE_S),
+            started_at=func.coalesce(Job.started_at, now),
+            updated_at=now,
+        )
+        .returning(Job.attempts, Job.deaths)
+        .execution_options(synchronize_session=False)
+    ).one()
+    return row.attempts
+
+
+def finish_without_sync(session: Session, *, job_id: uuid.UUID, attempt: int) -> None:
+    """Run finish's UPDATE for a success with synchronize_session=False."""
+    from models.jobs import Job, JobStatus
+
+    session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING
+        )
+        .values(
+            status=JobStatus.SUCCEEDED,
+            lease_expires_at=None,
+            updated_at=func.now(),
+            last_error=None,
+            finished_at=func.now(),
+            result=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def run_as_written(job_ids: list[uuid.UUID]) -> None:
+    from infra.db import transaction
+    from models.jobs import JobStatus, claim, finish
+
+    for job_id in job_ids:
+        with transaction() as session:
+            outcome = claim(session, job_id=job_id, lease_s=LEASE_S)
+        with transaction() as session:
+            finish(
+                session,
+                job_id=job_id,
+                attempt=outcome.attempt,
+                status=JobStatus.SUCCEEDED,
+            )
+
+
+def run_without_sync(job_ids: list[uuid.UUID]) -> None:
+    from infra.db import transaction
+
+    for job_id in job_ids:
+        with transaction() as session:
+            attempt = claim_without_sync(session, job_id=job_id)
+        with transaction() as session:
+            finish_without_sync(session, job_id=job_id, attempt=attempt)
+
+
+def run_prebuilt_sql(job_ids: list[uuid.UUID]) -> None:
+    from infra.db import get_engine
+
+    engine = get_engine()
+    for job_id in job_ids:
+        with engine.begin() as connection:
+            row = connection.execute(
+                CLAIM_SQL, {"job_id": job_id, "lease_s": LEASE_S}
+            ).one()
+        with engine.begin() as connection:
+            connection.execute(FINISH_SQL, {"job_id": job_id, "attempt": row.attempts})
+
+
+def create_jobs(count: int) -> list[uuid.UUID]:
+    """Insert ``count`` enqueued jobs in one transaction and return their ids."""
+    from infra.db import transaction
+    from models.jobs import NewJob, insert_jobs
+
+    run = uuid.uuid4().hex[:8]
+    new_jobs = [
+        NewJob(
+            type="bench_noop",
+            params={"run": run, "index": index},
+            dedup_key=f"bench-ledger:{run}:{index}",
+            queue="billing",
+        )
+        for index in range(count)
+    ]
+    with transaction() as session:
+        return [job.id for job, _ in insert_jobs(session, new_jobs)]
+
+
+def measure(run: Callable[[list[uuid.UUID]], None], count: int) -> tuple[float, float]:
+    """Return the client CPU and wall milliseconds per job of ``run``."""
+    job_ids = create_jobs(count)
+    cpu_started, wall_started = time.thread_time(), time.perf_counter()
+    run(job_ids)
+    cpu_ms = (time.thread_time() - cpu_started) * 1000 / count
+    wall_ms = (time.perf_counter() - wall_started) * 1000 / count
+    return cpu_ms, wall_ms
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ledger_statements",
+        description="Time the ledger's claim and finish statements on one thread.",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2000,
+        help="jobs per variant and round (default 2000)",
+    )
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    sys.stdout.reconfigure(line_buffering=True)
+    check_bench_urls()
+    require_servers()
+    interrupt_on_signals()
+    apply_environment(bench_environment())
+    print("\n".join(machine_description()))
+
+    variants = [
+        ("claim + finish as written (models.jobs)", run_as_written),
+        ("same ORM statements, synchronize_session=False", run_without_sync),
+        ("same SQL as text() built once, Core connection", run_prebuilt_sql),
+    ]
+    rows = []
+    with exclusive_run(), cleanup_on_exit(drop_database):
+        create_database()
+        measure(run_as_written, min(args.jobs, 200))
+        for round_number in range(1, ROUNDS + 1):
+            for label, run in variants:
+                cpu_ms, wall_ms = measure(run, args.jobs)
+                rows.append(
+                    [str(round_number), label, f"{cpu_ms:.2f}", f"{wall_ms:.2f}"]
+                )
+    print()
+    headers = ["round", "variant", "client CPU ms/job", "wall ms/job"]
+    print(format_table(headers, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; bench database dropped", file=sys.stderr)
+        sys.exit(130)
