@@ -18,7 +18,7 @@ from typing import Any
 
 import stripe
 from pydantic import Field
-from sqlalchemy import func, select
+from sqlalchemy import Connection, Row, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -26,7 +26,7 @@ from actors.errors import PermanentJobError
 from actors.ledger import JobRequest, enqueue_many
 from actors.registry import JobParams, job_type
 from actors.stripe_calls import call_stripe
-from infra.db import transaction
+from infra.db import connection, transaction
 from infra.settings import Settings, get_settings
 from infra.stripe_client import get_stripe
 from models.billing import ChargeAttempt, ChargeOutcome, InvoiceStatus, PlatformInvoice
@@ -135,8 +135,8 @@ def _charge_time_limit_ms(settings: Settings) -> int:
 )
 def charge_invoice(params: ChargeInvoiceParams) -> dict[str, Any]:
     """Charge one invoice once for one attempt of its dunning sequence."""
-    with transaction() as session:
-        pending = _open_attempt(session, params)
+    with connection() as conn:
+        pending = _open_attempt(conn, params)
     if not isinstance(pending, PendingCharge):
         return pending
 
@@ -160,54 +160,73 @@ def charge_invoice(params: ChargeInvoiceParams) -> dict[str, Any]:
 
 
 def _open_attempt(
-    session: Session, params: ChargeInvoiceParams
+    conn: Connection, params: ChargeInvoiceParams
 ) -> PendingCharge | dict[str, Any]:
-    """Return the attempt to send, reusing a pending one, or a result saying why not."""
-    invoice = session.get(PlatformInvoice, params.invoice_id, with_for_update=True)
+    """Return the attempt to send, reusing a pending one, or a result saying why not.
+
+    Core statements rather than ORM objects: this runs once per charge, and
+    the ORM's unit of work cost more CPU than the queries themselves.
+    """
+    invoice = conn.execute(
+        select(
+            PlatformInvoice.id,
+            PlatformInvoice.tenant_id,
+            PlatformInvoice.status,
+            PlatformInvoice.attempt_count,
+            PlatformInvoice.awaiting_payment_method,
+            PlatformInvoice.next_attempt_at,
+            PlatformInvoice.amount_due_cents,
+            PlatformInvoice.currency,
+        )
+        .where(PlatformInvoice.id == params.invoice_id)
+        .with_for_update()
+    ).first()
     if invoice is None:
         raise PermanentJobError(f"platform invoice {params.invoice_id} not found")
     if invoice.status in (InvoiceStatus.PAID, InvoiceStatus.UNCOLLECTIBLE):
         return {"invoice_id": invoice.id, "skipped": f"invoice is {invoice.status}"}
 
-    attempt = session.scalar(
-        select(ChargeAttempt).where(
+    attempt = conn.execute(
+        select(
+            ChargeAttempt.id,
+            ChargeAttempt.outcome,
+            ChargeAttempt.idempotency_key,
+            ChargeAttempt.amount_cents,
+            ChargeAttempt.currency,
+        ).where(
             ChargeAttempt.invoice_id == invoice.id,
             ChargeAttempt.attempt_number == params.attempt_number,
         )
-    )
+    ).first()
     if attempt is not None and attempt.outcome != ChargeOutcome.PENDING:
         return {
             "invoice_id": invoice.id,
-            "skipped": f"attempt {attempt.attempt_number} already {attempt.outcome}",
+            "skipped": f"attempt {params.attempt_number} already {attempt.outcome}",
         }
 
-    tenant = session.get(Tenant, invoice.tenant_id)
-    assert tenant is not None
+    tenant = conn.execute(
+        select(Tenant.stripe_customer_id, Tenant.stripe_payment_method_id).where(
+            Tenant.id == invoice.tenant_id
+        )
+    ).one()
     if attempt is None:
         reason_not_due = _why_not_due(invoice, params.attempt_number)
         if reason_not_due:
             return {"invoice_id": invoice.id, "skipped": reason_not_due}
         if not (tenant.stripe_customer_id and tenant.stripe_payment_method_id):
-            invoice.awaiting_payment_method = True
-            invoice.next_attempt_at = None
+            conn.execute(
+                update(PlatformInvoice)
+                .where(PlatformInvoice.id == invoice.id)
+                .values(awaiting_payment_method=True, next_attempt_at=None)
+            )
             return {"invoice_id": invoice.id, "skipped": "tenant has no payment method"}
-
-        attempt = ChargeAttempt(
-            invoice_id=invoice.id,
-            attempt_number=params.attempt_number,
-            idempotency_key=idempotency_key(invoice.id, params.attempt_number),
-            amount_cents=invoice.amount_due_cents,
-            currency=invoice.currency,
-        )
-        session.add(attempt)
-        invoice.attempt_count = params.attempt_number
-        session.flush()
+        attempt = _insert_attempt(conn, invoice, params.attempt_number)
 
     return PendingCharge(
         attempt_id=attempt.id,
         invoice_id=invoice.id,
-        tenant_id=tenant.id,
-        attempt_number=attempt.attempt_number,
+        tenant_id=invoice.tenant_id,
+        attempt_number=params.attempt_number,
         key=attempt.idempotency_key,
         amount_cents=attempt.amount_cents,
         currency=attempt.currency,
@@ -216,7 +235,33 @@ def _open_attempt(
     )
 
 
-def _why_not_due(invoice: PlatformInvoice, attempt_number: int) -> str | None:
+def _insert_attempt(conn: Connection, invoice: Row, attempt_number: int) -> Row:
+    attempt = conn.execute(
+        insert(ChargeAttempt)
+        .values(
+            invoice_id=invoice.id,
+            attempt_number=attempt_number,
+            idempotency_key=idempotency_key(invoice.id, attempt_number),
+            amount_cents=invoice.amount_due_cents,
+            currency=invoice.currency,
+            outcome=ChargeOutcome.PENDING,
+        )
+        .returning(
+            ChargeAttempt.id,
+            ChargeAttempt.idempotency_key,
+            ChargeAttempt.amount_cents,
+            ChargeAttempt.currency,
+        )
+    ).one()
+    conn.execute(
+        update(PlatformInvoice)
+        .where(PlatformInvoice.id == invoice.id)
+        .values(attempt_count=attempt_number)
+    )
+    return attempt
+
+
+def _why_not_due(invoice: Row, attempt_number: int) -> str | None:
     if attempt_number != invoice.attempt_count + 1:
         return (
             f"attempt {attempt_number} is not next; "
@@ -261,19 +306,37 @@ def _lock(
 def _record_success(
     pending: PendingCharge, intent: stripe.PaymentIntent
 ) -> dict[str, Any]:
-    with transaction() as session:
-        invoice, attempt = _lock(session, pending)
-        if attempt.outcome == ChargeOutcome.PENDING:
-            attempt.outcome = ChargeOutcome.SUCCEEDED
-            attempt.stripe_payment_intent_id = intent.id
-            attempt.finished_at = func.now()
-        if invoice.status != InvoiceStatus.PAID:
-            invoice.status = InvoiceStatus.PAID
-            invoice.amount_due_cents = 0
-            invoice.paid_at = func.now()
-            invoice.next_attempt_at = None
-            invoice.stripe_payment_intent_id = intent.id
-        _restore_tenant_if_settled(session, invoice.tenant_id)
+    # Guarded updates instead of row locks: each one is a no-op when the
+    # outcome was recorded already, by an earlier delivery of this job.
+    with connection() as conn:
+        conn.execute(
+            update(ChargeAttempt)
+            .where(
+                ChargeAttempt.id == pending.attempt_id,
+                ChargeAttempt.outcome == ChargeOutcome.PENDING,
+            )
+            .values(
+                outcome=ChargeOutcome.SUCCEEDED,
+                stripe_payment_intent_id=intent.id,
+                finished_at=func.now(),
+            )
+        )
+        conn.execute(
+            update(PlatformInvoice)
+            .where(
+                PlatformInvoice.id == pending.invoice_id,
+                PlatformInvoice.status != InvoiceStatus.PAID,
+            )
+            .values(
+                status=InvoiceStatus.PAID,
+                amount_due_cents=0,
+                paid_at=func.now(),
+                next_attempt_at=None,
+                stripe_payment_intent_id=intent.id,
+                updated_at=func.now(),
+            )
+        )
+        _restore_tenant_if_settled(conn, pending.tenant_id)
     logger.info(
         "invoice paid",
         extra={"invoice_id": pending.invoice_id, "tenant_id": pending.tenant_id},
@@ -379,21 +442,25 @@ def _notify(session: Session, **values: Any) -> None:
     )
 
 
-def _restore_tenant_if_settled(session: Session, tenant_id: int) -> None:
-    unpaid = session.scalar(
-        select(func.count())
-        .select_from(PlatformInvoice)
+def _restore_tenant_if_settled(conn: Connection | Session, tenant_id: int) -> None:
+    """Make a past-due tenant active again once no invoice is uncollectible."""
+    uncollectible = (
+        select(PlatformInvoice.id)
         .where(
             PlatformInvoice.tenant_id == tenant_id,
             PlatformInvoice.status == InvoiceStatus.UNCOLLECTIBLE,
         )
+        .exists()
     )
-    if not unpaid:
-        session.execute(
-            Tenant.__table__.update()
-            .where(Tenant.id == tenant_id, Tenant.status == TenantStatus.PAST_DUE)
-            .values(status=TenantStatus.ACTIVE)
+    conn.execute(
+        update(Tenant)
+        .where(
+            Tenant.id == tenant_id,
+            Tenant.status == TenantStatus.PAST_DUE,
+            ~uncollectible,
         )
+        .values(status=TenantStatus.ACTIVE)
+    )
 
 
 def _current_minute() -> str:

@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from infra import logging as log_context
-from infra.db import transaction
+from infra.db import connection, transaction
 from models.jobs import Claim, Job, JobStatus, claim, finish, mark_pending_failed
 
 logger = logging.getLogger(__name__)
@@ -69,8 +69,8 @@ class LedgerMiddleware(Middleware):
             self._reject_unknown(message, reason="message id is not a job id")
             return
         try:
-            with transaction() as session:
-                outcome = claim(session, job_id=job_id, lease_s=lease_s)
+            with connection() as conn:
+                outcome = claim(conn, job_id=job_id, lease_s=lease_s)
         except Exception:
             # Without a run context the actor raises LedgerUnavailable, so
             # Dramatiq retries the message instead of acknowledging it.
@@ -229,9 +229,9 @@ class LedgerMiddleware(Middleware):
 
     def _record(self, run: RunContext, status: JobStatus, **fields: Any) -> None:
         assert run.job_id is not None
-        with transaction() as session:
+        with connection() as conn:
             recorded = finish(
-                session, job_id=run.job_id, attempt=run.attempt, status=status, **fields
+                conn, job_id=run.job_id, attempt=run.attempt, status=status, **fields
             )
         if not recorded:
             logger.warning(

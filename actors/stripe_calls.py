@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import backoff
+import redis
 import stripe
-from dramatiq.rate_limits import ConcurrentRateLimiter
-from dramatiq.rate_limits.backends import RedisBackend
 
 from actors.errors import Defer
 from infra.redis import get_redis
@@ -44,21 +45,64 @@ def is_transient(error: Exception) -> bool:
     return False
 
 
+# Each holder is a member of a sorted set scored by its expiry time on the
+# Redis server's clock, so a slot taken by a worker that was killed mid-call
+# frees itself when it expires, whatever the other traffic.
+_ACQUIRE_SLOT = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+    return 0
+end
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class SlotLimiter:
+    """A limit on concurrent holders across processes, one Redis call per take.
+
+    Dramatiq's ConcurrentRateLimiter keeps one counter with a key-wide TTL
+    and updates it in a WATCH/MULTI/EXEC loop: under load that loop retries
+    several times per call, and a slot leaked by a killed worker stays taken
+    for as long as traffic keeps the key alive.
+    """
+
+    def __init__(self, client: redis.Redis, key: str, *, limit: int, ttl_ms: int):
+        self.client = client
+        self.key = key
+        self.limit = limit
+        self.ttl_ms = ttl_ms
+        self._acquire = client.register_script(_ACQUIRE_SLOT)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[bool]:
+        """Take a slot for the block if one is free; yields whether it was taken."""
+        token = uuid.uuid4().hex
+        taken = bool(
+            self._acquire(keys=[self.key], args=[self.limit, self.ttl_ms, token])
+        )
+        try:
+            yield taken
+        finally:
+            if taken:
+                self.client.zrem(self.key, token)
+
+
 @functools.cache
-def _limiter() -> ConcurrentRateLimiter:
+def _limiter() -> SlotLimiter:
     settings = get_settings()
-    # A slot outlives the longest call it guards, so a worker killed mid-call
-    # frees its slot once the key's TTL passes with no other call taking one.
-    # NOTE: under steady traffic the shared counter key never expires, so a
-    # slot leaked by a killed worker stays taken until traffic pauses.
+    # A slot outlives the longest call it guards.
     slot_ttl_ms = int(
         (settings.stripe_connect_timeout_s + settings.stripe_read_timeout_s + 5) * 1000
     )
-    return ConcurrentRateLimiter(
-        RedisBackend(client=get_redis()),
+    return SlotLimiter(
+        get_redis(),
         f"{settings.dramatiq_namespace}:stripe-calls",
         limit=settings.stripe_max_concurrency,
-        ttl=slot_ttl_ms,
+        ttl_ms=slot_ttl_ms,
     )
 
 
@@ -71,8 +115,8 @@ def _call_in_slot(call: Callable[[], T]) -> T:
     settings = get_settings()
     deadline = time.monotonic() + settings.stripe_slot_wait_s
     while True:
-        with _limiter().acquire(raise_on_failure=False) as acquired:
-            if acquired:
+        with _limiter().slot() as taken:
+            if taken:
                 return call()
         if time.monotonic() >= deadline:
             raise Defer(random.uniform(5, 15), "every Stripe call slot is taken")

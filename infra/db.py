@@ -6,7 +6,7 @@ import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.settings import get_settings
@@ -44,6 +44,16 @@ def transaction() -> Iterator[Session]:
             yield session
     finally:
         session.close()
+
+
+@contextmanager
+def connection() -> Iterator[Connection]:
+    """Open a Core connection in a transaction that commits when the block ends.
+
+    Cheaper than a session for a few prebuilt statements on a hot path.
+    """
+    with get_engine().begin() as conn:
+        yield conn
 
 
 def reset_engine() -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from actors.ledger import enqueue
-from actors.stripe_calls import _limiter
+from actors.stripe_calls import SlotLimiter, _limiter
 from infra.redis import get_redis
 from models.jobs import JobStatus
 from tests.conftest import TEST_ENVIRONMENT, reconfigure, wait_for
@@ -50,8 +51,8 @@ def test_waiting_for_slot_defers_without_retry(
     reconfigure(STRIPE_MAX_CONCURRENCY="1", STRIPE_SLOT_WAIT_S="0.3")
     [tenant_id] = create_tenants(1)
 
-    with _limiter().acquire(raise_on_failure=False) as acquired:
-        assert acquired
+    with _limiter().slot() as taken:
+        assert taken
         enqueue("bill_tenant", {"tenant_id": tenant_id, "period": "2026-10"})
         deferred = wait_for(
             lambda: (
@@ -69,3 +70,19 @@ def test_waiting_for_slot_defers_without_retry(
     assert "retries" not in message["options"]
     wait_for(lambda: invoices()[0].status.value == "paid", timeout_s=30)
     assert get_job("charge-invoice:1:1").attempts == 2
+
+
+def test_slot_of_killed_holder_expires(broker):
+    limiter = SlotLimiter(get_redis(), "vetqueue-test:slots", limit=1, ttl_ms=300)
+    # A holder that never leaves its block, as a worker killed mid-call.
+    abandoned = limiter.slot()
+    assert abandoned.__enter__() is True
+
+    with limiter.slot() as while_held:
+        pass
+    time.sleep(0.4)
+    with limiter.slot() as after_expiry:
+        pass
+
+    assert while_held is False
+    assert after_expiry is True
