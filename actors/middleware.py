@@ -210,7 +210,7 @@ class LedgerMiddleware(Middleware):
     ) -> None:
         if exception is None:
             self._record(run, JobStatus.SUCCEEDED, result=run.result)
-            logger.info("job succeeded")
+            logger.debug("job succeeded")
             return
 
         error = f"{type(exception).__name__}: {exception}"
