@@ -1,16 +1,16 @@
-"""Benchmark: client CPU of the ledger's claim and finish, as written and two variants.
+"""Benchmark: client CPU of the ledger's claim and finish, in three variants.
 
 Every job a worker runs makes two ledger transactions: ``models.jobs.claim``
 before the actor and ``models.jobs.finish`` after it. This benchmark runs both
 on one thread, one job at a time, and reports the client's CPU time per job
 (``time.thread_time``) and the wall time:
 
-- as written: ``models.jobs.claim`` and ``models.jobs.finish`` in sessions;
-- the same ORM statements with ``synchronize_session=False``, so SQLAlchemy
-  does not evaluate the WHERE clause against the session's objects;
-- the same SQL as ``text()`` statements built once, on a Core connection.
-
-The variants exist only here, to show what the statements cost.
+- ``models.jobs.claim`` and ``models.jobs.finish`` (SQL built once) in
+  ORM sessions;
+- the same SQL built with the ORM on every call, with
+  ``synchronize_session=False``, as the ledger did before;
+- ``models.jobs.claim`` and ``models.jobs.finish`` on a Core connection, as
+  the ledger middleware runs them.
 
 Run from the repository root: ``python -m bench.ledger_statements [--jobs N]``.
 """
@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from sqlalchemy import and_, case, func, or_, text, update
+from sqlalchemy import and_, case, func, or_, update
 from sqlalchemy.orm import Session
 
 from bench._common import (
@@ -45,37 +45,9 @@ from bench._common import (
 LEASE_S = 90.0
 ROUNDS = 2
 
-# NOTE: the statements below and the two *_without_sync functions copy the SQL
-# of models.jobs.claim and models.jobs.finish for a successful run, so they
-# must change when those functions do.
-CLAIM_SQL = text(
-    """
-    UPDATE jobs SET
-        status = 'running',
-        attempts = attempts + 1,
-        deaths = deaths + CASE
-            WHEN status = 'running' AND lease_expires_at < now() THEN 1 ELSE 0 END,
-        lease_expires_at = now() + make_interval(secs => :lease_s),
-        started_at = coalesce(started_at, now()),
-        updated_at = now()
-    WHERE id = :job_id
-        AND (status IN ('enqueued', 'retrying')
-             OR (status = 'running' AND lease_expires_at < now()))
-    RETURNING attempts, deaths
-    """
-)
-FINISH_SQL = text(
-    """
-    UPDATE jobs SET
-        status = 'succeeded',
-        lease_expires_at = NULL,
-        updated_at = now(),
-        last_error = NULL,
-        finished_at = now(),
-        result = NULL
-    WHERE id = :job_id AND attempts = :attempt AND status = 'running'
-    """
-)
+# NOTE: the two *_without_sync functions rebuild, with the ORM, the SQL of
+# models.jobs.CLAIM and models.jobs.FINISH for a successful run, so they must
+# change when those statements do.
 
 
 def claim_without_sync(session: Session, *, job_id: uuid.UUID) -> int:
@@ -149,16 +121,16 @@ def run_without_sync(job_ids: list[uuid.UUID]) -> None:
 
 
 def run_prebuilt_sql(job_ids: list[uuid.UUID]) -> None:
-    from infra.db import get_engine
+    from infra.db import connection
+    from models.jobs import JobStatus, claim, finish
 
-    engine = get_engine()
     for job_id in job_ids:
-        with engine.begin() as connection:
-            row = connection.execute(
-                CLAIM_SQL, {"job_id": job_id, "lease_s": LEASE_S}
-            ).one()
-        with engine.begin() as connection:
-            connection.execute(FINISH_SQL, {"job_id": job_id, "attempt": row.attempts})
+        with connection() as conn:
+            outcome = claim(conn, job_id=job_id, lease_s=LEASE_S)
+        with connection() as conn:
+            finish(
+                conn, job_id=job_id, attempt=outcome.attempt, status=JobStatus.SUCCEEDED
+            )
 
 
 def create_jobs(count: int) -> list[uuid.UUID]:
@@ -212,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(machine_description()))
 
     variants = [
-        ("claim + finish as written (models.jobs)", run_as_written),
-        ("same ORM statements, synchronize_session=False", run_without_sync),
-        ("same SQL as text() built once, Core connection", run_prebuilt_sql),
+        ("models.jobs statements, ORM sessions", run_as_written),
+        ("ORM statements built per call, no session sync", run_without_sync),
+        ("models.jobs statements, Core connection", run_prebuilt_sql),
     ]
     rows = []
     with exclusive_run(), cleanup_on_exit(drop_database):
