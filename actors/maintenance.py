@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import time
 from typing import Any
 
 from pydantic import Field
@@ -46,6 +47,25 @@ class QueuedMessages:
     unreadable: int = 0
 
 
+def _dead_letter_unreadable(
+    source: str, queue: str, redis_id: bytes, payload: bytes
+) -> None:
+    """Move an unreadable payload to the queue's dead letters.
+
+    Dramatiq's consumer fails on such a payload together with every message
+    it fetched in the same batch, and requeues it whenever the worker that
+    holds it dies, so it is taken out of the queue for good. Dead letters
+    keep it for an operator to read.
+    """
+    client = get_redis()
+    with client.pipeline(transaction=True) as pipe:
+        pipe.zadd(f"{queue}.XQ", {redis_id: int(time.time() * 1000)})
+        pipe.hset(f"{queue}.XQ.msgs", redis_id, payload)
+        pipe.hdel(f"{source}.msgs", redis_id)
+        pipe.lrem(source, 0, redis_id)
+        pipe.execute()
+
+
 def queued_messages(queue_names: set[str]) -> QueuedMessages:
     """Read which message ids Redis holds for these queues, and where.
 
@@ -66,6 +86,9 @@ def queued_messages(queue_names: set[str]) -> QueuedMessages:
                 try:
                     message_id = json.loads(payload)["message_id"]
                 except (ValueError, KeyError, TypeError):
+                    _dead_letter_unreadable(
+                        base, f"{namespace}:{queue}", redis_id, payload
+                    )
                     found.unreadable += 1
                     continue
                 if redis_id in listed:
@@ -114,9 +137,13 @@ def sweep_jobs(params: ScheduledParams) -> dict[str, Any]:
 
     resent = send_messages(to_send)
     if queued.unreadable:
-        logger.warning("%d unreadable message payloads in Redis", queued.unreadable)
+        logger.warning(
+            "unreadable message payloads moved to dead letters: %d", queued.unreadable
+        )
     if resent:
-        logger.warning("re-sent %d jobs whose message was lost or stuck", resent)
+        logger.warning(
+            "jobs re-sent because their message was lost or stuck: %d", resent
+        )
     return {"overdue": len(overdue), "resent": resent}
 
 

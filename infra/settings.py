@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     def _parse_days(cls, value: object) -> object:
         if isinstance(value, str):
             try:
-                value = tuple(int(part) for part in value.split(","))
+                value = tuple(_ascii_int(part) for part in value.split(","))
             except ValueError:
                 raise ValueError(
                     "expected comma-separated whole days, e.g. 3,5,7"
@@ -120,6 +120,14 @@ class Settings(BaseSettings):
         if not value or any(not 1 <= int(day) <= 60 for day in value):
             raise ValueError("expected one or more whole days, each from 1 to 60")
         return value
+
+
+def _ascii_int(text: str) -> int:
+    # int() also reads "3_0", "+3" and non-ASCII digits, which in a list of
+    # days are more likely typos than intent.
+    if not text.strip().isascii() or not text.strip().isdigit():
+        raise ValueError(text)
+    return int(text)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -369,3 +369,23 @@ def test_sweep_resends_stuck_fetched_message(broker):
     assert recent == {"overdue": 1, "resent": 0}
     assert stuck == {"overdue": 1, "resent": 1}
     assert get_redis().llen(f"{NAMESPACE}:billing") == 1
+
+
+def test_sweep_dead_letters_unreadable_payload(broker):
+    enqueue("billing_run", {"period": "2026-10"})
+    client = get_redis()
+    client.hset(f"{NAMESPACE}:billing.msgs", "garbled", "not json")
+    client.rpush(f"{NAMESPACE}:billing", "garbled")
+    with transaction() as session:
+        session.execute(
+            update(Job).values(next_attempt_at=text("now() - interval '5 seconds'"))
+        )
+
+    summary = sweep_jobs(ScheduledParams(slot="garbled"))
+
+    assert summary == {"overdue": 1, "resent": 0}
+    assert dead_letters("billing") == 1
+    assert client.hget(f"{NAMESPACE}:billing.XQ.msgs", "garbled") == b"not json"
+    assert not client.hexists(f"{NAMESPACE}:billing.msgs", "garbled")
+    assert b"garbled" not in client.lrange(f"{NAMESPACE}:billing", 0, -1)
+    assert queued_payloads("billing") == 1
