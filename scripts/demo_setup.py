@@ -88,7 +88,7 @@ def clear_demo_queues() -> None:
     finally:
         client.close()
     if keys:
-        print(f"Deleted {len(keys)} Redis keys left from an earlier demo database.")
+        print(f"Redis keys left from an earlier demo database deleted: {len(keys)}.")
 
 
 def migrate(environment: dict[str, str]) -> None:
