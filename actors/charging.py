@@ -18,7 +18,7 @@ from typing import Any
 
 import stripe
 from pydantic import Field
-from sqlalchemy import Connection, Row, func, select, update
+from sqlalchemy import Connection, Row, and_, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -167,6 +167,8 @@ def _open_attempt(
     Core statements rather than ORM objects: this runs once per charge, and
     the ORM's unit of work cost more CPU than the queries themselves.
     """
+    # One round trip reads the invoice (locked), its tenant's payment details
+    # and the attempt with this number, if one was opened before.
     invoice = conn.execute(
         select(
             PlatformInvoice.id,
@@ -177,43 +179,50 @@ def _open_attempt(
             PlatformInvoice.next_attempt_at,
             PlatformInvoice.amount_due_cents,
             PlatformInvoice.currency,
+            Tenant.stripe_customer_id,
+            Tenant.stripe_payment_method_id,
+            ChargeAttempt.id.label("attempt_id"),
+            ChargeAttempt.outcome.label("attempt_outcome"),
+            ChargeAttempt.idempotency_key.label("attempt_key"),
+            ChargeAttempt.amount_cents.label("attempt_amount_cents"),
+            ChargeAttempt.currency.label("attempt_currency"),
+        )
+        .join(Tenant, Tenant.id == PlatformInvoice.tenant_id)
+        .outerjoin(
+            ChargeAttempt,
+            and_(
+                ChargeAttempt.invoice_id == PlatformInvoice.id,
+                ChargeAttempt.attempt_number == params.attempt_number,
+            ),
         )
         .where(PlatformInvoice.id == params.invoice_id)
-        .with_for_update()
+        .with_for_update(of=PlatformInvoice)
     ).first()
     if invoice is None:
         raise PermanentJobError(f"platform invoice {params.invoice_id} not found")
     if invoice.status in (InvoiceStatus.PAID, InvoiceStatus.UNCOLLECTIBLE):
         return {"invoice_id": invoice.id, "skipped": f"invoice is {invoice.status}"}
 
-    attempt = conn.execute(
-        select(
-            ChargeAttempt.id,
-            ChargeAttempt.outcome,
-            ChargeAttempt.idempotency_key,
-            ChargeAttempt.amount_cents,
-            ChargeAttempt.currency,
-        ).where(
-            ChargeAttempt.invoice_id == invoice.id,
-            ChargeAttempt.attempt_number == params.attempt_number,
+    attempt: _PendingAttempt | Row | None = None
+    if invoice.attempt_id is not None:
+        if invoice.attempt_outcome != ChargeOutcome.PENDING:
+            return {
+                "invoice_id": invoice.id,
+                "skipped": f"attempt {params.attempt_number} already "
+                f"{invoice.attempt_outcome}",
+            }
+        attempt = _PendingAttempt(
+            id=invoice.attempt_id,
+            idempotency_key=invoice.attempt_key,
+            amount_cents=invoice.attempt_amount_cents,
+            currency=invoice.attempt_currency,
         )
-    ).first()
-    if attempt is not None and attempt.outcome != ChargeOutcome.PENDING:
-        return {
-            "invoice_id": invoice.id,
-            "skipped": f"attempt {params.attempt_number} already {attempt.outcome}",
-        }
 
-    tenant = conn.execute(
-        select(Tenant.stripe_customer_id, Tenant.stripe_payment_method_id).where(
-            Tenant.id == invoice.tenant_id
-        )
-    ).one()
     if attempt is None:
         reason_not_due = _why_not_due(invoice, params.attempt_number)
         if reason_not_due:
             return {"invoice_id": invoice.id, "skipped": reason_not_due}
-        if not (tenant.stripe_customer_id and tenant.stripe_payment_method_id):
+        if not (invoice.stripe_customer_id and invoice.stripe_payment_method_id):
             conn.execute(
                 update(PlatformInvoice)
                 .where(PlatformInvoice.id == invoice.id)
@@ -230,9 +239,17 @@ def _open_attempt(
         key=attempt.idempotency_key,
         amount_cents=attempt.amount_cents,
         currency=attempt.currency,
-        customer=tenant.stripe_customer_id or "",
-        payment_method=tenant.stripe_payment_method_id or "",
+        customer=invoice.stripe_customer_id or "",
+        payment_method=invoice.stripe_payment_method_id or "",
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _PendingAttempt:
+    id: int
+    idempotency_key: str
+    amount_cents: int
+    currency: str
 
 
 def _insert_attempt(conn: Connection, invoice: Row, attempt_number: int) -> Row:
@@ -303,40 +320,48 @@ def _lock(
     return invoice, attempt
 
 
+# One statement records a successful charge, so the success path costs one
+# round trip. Each update is guarded, and a no-op when an earlier delivery
+# of the job recorded the outcome already. The tenant check reads the
+# snapshot from before the statement, which is enough because the invoice
+# being paid was never uncollectible.
+RECORD_SUCCESS = text(
+    """
+    WITH attempt AS (
+        UPDATE charge_attempts
+        SET outcome = 'succeeded', stripe_payment_intent_id = :intent_id,
+            finished_at = now()
+        WHERE id = :attempt_id AND outcome = 'pending'
+    ), invoice AS (
+        UPDATE platform_invoices
+        SET status = 'paid', amount_due_cents = 0, paid_at = now(),
+            next_attempt_at = NULL, stripe_payment_intent_id = :intent_id,
+            updated_at = now()
+        WHERE id = :invoice_id AND status <> 'paid'
+    )
+    UPDATE tenants SET status = 'active', updated_at = now()
+    WHERE id = :tenant_id AND status = 'past_due'
+      AND NOT EXISTS (
+          SELECT 1 FROM platform_invoices
+          WHERE tenant_id = :tenant_id AND status = 'uncollectible'
+      )
+    """
+)
+
+
 def _record_success(
     pending: PendingCharge, intent: stripe.PaymentIntent
 ) -> dict[str, Any]:
-    # Guarded updates instead of row locks: each one is a no-op when the
-    # outcome was recorded already, by an earlier delivery of this job.
     with connection() as conn:
         conn.execute(
-            update(ChargeAttempt)
-            .where(
-                ChargeAttempt.id == pending.attempt_id,
-                ChargeAttempt.outcome == ChargeOutcome.PENDING,
-            )
-            .values(
-                outcome=ChargeOutcome.SUCCEEDED,
-                stripe_payment_intent_id=intent.id,
-                finished_at=func.now(),
-            )
+            RECORD_SUCCESS,
+            {
+                "intent_id": intent.id,
+                "attempt_id": pending.attempt_id,
+                "invoice_id": pending.invoice_id,
+                "tenant_id": pending.tenant_id,
+            },
         )
-        conn.execute(
-            update(PlatformInvoice)
-            .where(
-                PlatformInvoice.id == pending.invoice_id,
-                PlatformInvoice.status != InvoiceStatus.PAID,
-            )
-            .values(
-                status=InvoiceStatus.PAID,
-                amount_due_cents=0,
-                paid_at=func.now(),
-                next_attempt_at=None,
-                stripe_payment_intent_id=intent.id,
-                updated_at=func.now(),
-            )
-        )
-        _restore_tenant_if_settled(conn, pending.tenant_id)
     logger.info(
         "invoice paid",
         extra={"invoice_id": pending.invoice_id, "tenant_id": pending.tenant_id},
@@ -439,27 +464,6 @@ def _notify(session: Session, **values: Any) -> None:
         insert(Notification)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["dedup_key"])
-    )
-
-
-def _restore_tenant_if_settled(conn: Connection | Session, tenant_id: int) -> None:
-    """Make a past-due tenant active again once no invoice is uncollectible."""
-    uncollectible = (
-        select(PlatformInvoice.id)
-        .where(
-            PlatformInvoice.tenant_id == tenant_id,
-            PlatformInvoice.status == InvoiceStatus.UNCOLLECTIBLE,
-        )
-        .exists()
-    )
-    conn.execute(
-        update(Tenant)
-        .where(
-            Tenant.id == tenant_id,
-            Tenant.status == TenantStatus.PAST_DUE,
-            ~uncollectible,
-        )
-        .values(status=TenantStatus.ACTIVE)
     )
 
 

@@ -15,10 +15,15 @@ from actors.charging import (
 from actors.ledger import enqueue
 from infra.db import transaction
 from infra.stripe_client import get_stripe
-from models.billing import ChargeAttempt, PlatformInvoice, rearm_awaiting_invoices
+from models.billing import (
+    ChargeAttempt,
+    InvoiceStatus,
+    PlatformInvoice,
+    rearm_awaiting_invoices,
+)
 from models.jobs import JobStatus
 from models.notifications import Notification
-from models.tenants import Tenant
+from models.tenants import Tenant, TenantStatus
 from tests.conftest import wait_for
 from tests.factories import all_jobs_finished, create_tenants, get_job, invoices
 
@@ -276,3 +281,31 @@ def test_card_added_later_gets_charged(worker, stripe_server):
     assert result == {"enqueued": 1}
     assert invoice.status.value == "paid"
     assert len(stripe_server.payment_intents()) == 1
+
+
+def test_payment_restores_past_due_tenant(worker, stripe_server):
+    settled, still_owing = create_tenants(2)
+    with transaction() as session:
+        session.execute(update(Tenant).values(status=TenantStatus.PAST_DUE))
+        session.add(
+            PlatformInvoice(
+                tenant_id=still_owing,
+                period_start=dt.date(2026, 8, 1),
+                amount_cents=4900,
+                amount_due_cents=4900,
+                currency="eur",
+                status=InvoiceStatus.UNCOLLECTIBLE,
+            )
+        )
+
+    bill(settled)
+    bill(still_owing)
+    wait_for(all_jobs_finished)
+
+    with transaction() as session:
+        statuses = {
+            tenant.id: tenant.status for tenant in session.scalars(select(Tenant))
+        }
+    assert statuses[settled] == TenantStatus.ACTIVE
+    assert statuses[still_owing] == TenantStatus.PAST_DUE
+    assert len(stripe_server.payment_intents()) == 2
