@@ -52,10 +52,10 @@ def _dead_letter_unreadable(
 ) -> None:
     """Move an unreadable payload to the queue's dead letters.
 
-    Dramatiq's consumer fails on such a payload together with every message
-    it fetched in the same batch, and requeues it whenever the worker that
-    holds it dies, so it is taken out of the queue for good. Dead letters
-    keep it for an operator to read.
+    Dramatiq's consumer fails on such a payload, together with every message
+    it fetched in the same batch. Dramatiq also requeues the payload whenever
+    the worker that fetched it dies. So it leaves the queue for good, and the
+    dead letters keep it for an operator to read.
     """
     client = get_redis()
     with client.pipeline(transaction=True) as pipe:
@@ -108,10 +108,11 @@ def queued_messages(queue_names: set[str]) -> QueuedMessages:
 def sweep_jobs(params: ScheduledParams) -> dict[str, Any]:
     """Re-send overdue jobs whose message was lost or is stuck.
 
-    A pending job is re-sent when its message is missing from Redis (a Redis
-    flush or restart, or a crash between commit and send), or when a worker
-    fetched it and has not started it for STUCK_FACTOR sweep periods (the
-    worker died, or its consumer failed on an unreadable message). A running
+    A pending job is re-sent when its message is missing from Redis, after a
+    Redis flush or restart or a crash between commit and send. It is also
+    re-sent when a worker fetched it and has not started it for STUCK_FACTOR
+    sweep periods, because the worker died or its consumer failed on an
+    unreadable message. A running
     job with an expired lease is always re-sent, because its message may sit
     with a dead worker for many minutes before Dramatiq requeues it.
     Duplicate messages are harmless: only one of them can claim the job.

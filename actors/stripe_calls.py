@@ -65,9 +65,9 @@ class SlotLimiter:
     """A limit on concurrent holders across processes, one Redis call per take.
 
     Dramatiq's ConcurrentRateLimiter keeps one counter with a key-wide TTL
-    and updates it in a WATCH/MULTI/EXEC loop: under load that loop retries
-    several times per call, and a slot leaked by a killed worker stays taken
-    for as long as traffic keeps the key alive.
+    and updates it in a WATCH/MULTI/EXEC loop. Under load that loop retries
+    several times per call. A slot leaked by a killed worker also stays in
+    use for as long as traffic keeps the key alive.
     """
 
     def __init__(self, client: redis.Redis, key: str, *, limit: int, ttl_ms: int):
