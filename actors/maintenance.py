@@ -112,9 +112,9 @@ def sweep_jobs(params: ScheduledParams) -> dict[str, Any]:
     Redis flush or restart or a crash between commit and send. It is also
     re-sent when a worker fetched it and has not started it for STUCK_FACTOR
     sweep periods, because the worker died or its consumer failed on an
-    unreadable message. A running
-    job with an expired lease is always re-sent, because its message may sit
-    with a dead worker for many minutes before Dramatiq requeues it.
+    unreadable message. A running job with an expired lease is always re-sent,
+    because its message may sit with a dead worker for many minutes before
+    Dramatiq requeues it.
     Duplicate messages are harmless: only one of them can claim the job.
     """
     settings = get_settings()
