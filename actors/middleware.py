@@ -140,8 +140,8 @@ class LedgerMiddleware(Middleware):
         """Record dead letters that never reached the ledger as failed jobs.
 
         Dramatiq dead-letters a message for an actor this worker does not
-        declare before any middleware sees it run. Jobs that are running are
-        left alone: a newer attempt may hold them while an older copy fails.
+        declare before any "before" hook runs. Running jobs are left alone,
+        because a newer attempt may own one while an older copy fails.
         """
         error = (
             "dead-lettered without running: no worker declares actor "

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 _fields: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -61,12 +59,3 @@ def bind(**fields: Any) -> contextvars.Token:
 
 def unbind(token: contextvars.Token) -> None:
     _fields.reset(token)
-
-
-@contextmanager
-def bound(**fields: Any) -> Iterator[None]:
-    token = bind(**fields)
-    try:
-        yield
-    finally:
-        unbind(token)

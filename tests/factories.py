@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from infra.db import transaction
 from models.billing import PlatformInvoice
@@ -61,3 +62,35 @@ def invoices() -> list[PlatformInvoice]:
 def get_job(dedup_key: str) -> Job | None:
     with transaction() as session:
         return session.scalar(select(Job).where(Job.dedup_key == dedup_key))
+
+
+@contextmanager
+def database_rejects(
+    *, table: str, event: str, message: str, condition: str = "true"
+) -> Iterator[None]:
+    """Make PostgreSQL raise ``message`` on matching writes until the block ends.
+
+    A trigger is a fault on the server's side, so the code under test runs
+    unchanged. ``event`` is INSERT or UPDATE and ``condition`` a PL/pgSQL
+    expression over NEW.
+    """
+    with transaction() as session:
+        session.execute(
+            text(
+                "CREATE FUNCTION reject_writes() RETURNS trigger AS $$ BEGIN "
+                f"IF {condition} THEN RAISE EXCEPTION '{message}'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql;"
+                f"CREATE TRIGGER reject_writes BEFORE {event} ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION reject_writes();"
+            )
+        )
+    try:
+        yield
+    finally:
+        with transaction() as session:
+            session.execute(
+                text(
+                    f"DROP TRIGGER reject_writes ON {table};"
+                    "DROP FUNCTION reject_writes();"
+                )
+            )

@@ -53,6 +53,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tenants")),
     )
+
     op.create_table(
         "api_keys",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
@@ -83,9 +84,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
         sa.UniqueConstraint("key_hash", name=op.f("uq_api_keys_key_hash")),
     )
+
     op.create_index(
         op.f("ix_api_keys_tenant_id"), "api_keys", ["tenant_id"], unique=False
     )
+
     op.create_table(
         "jobs",
         sa.Column("id", sa.UUID(), nullable=False),
@@ -140,7 +143,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
         sa.UniqueConstraint("dedup_key", name=op.f("uq_jobs_dedup_key")),
     )
+
     op.create_index("ix_jobs_created_at_id", "jobs", ["created_at", "id"], unique=False)
+
     op.create_index(
         "ix_jobs_due",
         "jobs",
@@ -148,7 +153,9 @@ def upgrade() -> None:
         unique=False,
         postgresql_where="status IN ('enqueued', 'retrying')",
     )
+
     op.create_index("ix_jobs_finished_at", "jobs", ["finished_at"], unique=False)
+
     op.create_index(
         "ix_jobs_running_lease",
         "jobs",
@@ -156,12 +163,14 @@ def upgrade() -> None:
         unique=False,
         postgresql_where="status = 'running'",
     )
+
     op.create_index(
         "ix_jobs_tenant_id_created_at",
         "jobs",
         ["tenant_id", "created_at"],
         unique=False,
     )
+
     op.create_table(
         "notifications",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
@@ -186,9 +195,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_notifications")),
         sa.UniqueConstraint("dedup_key", name=op.f("uq_notifications_dedup_key")),
     )
+
     op.create_index(
         op.f("ix_notifications_tenant_id"), "notifications", ["tenant_id"], unique=False
     )
+
     op.create_table(
         "platform_invoices",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
@@ -246,6 +257,7 @@ def upgrade() -> None:
             name=op.f("uq_platform_invoices_tenant_id_period_start"),
         ),
     )
+
     op.create_index(
         "ix_platform_invoices_due",
         "platform_invoices",
@@ -253,6 +265,7 @@ def upgrade() -> None:
         unique=False,
         postgresql_where="status IN ('open', 'payment_failed')",
     )
+
     op.create_table(
         "charge_attempts",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
@@ -296,31 +309,45 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("charge_attempts")
+
     op.drop_index(
         "ix_platform_invoices_due",
         table_name="platform_invoices",
         postgresql_where="status IN ('open', 'payment_failed')",
     )
+
     op.drop_table("platform_invoices")
+
     op.drop_index(op.f("ix_notifications_tenant_id"), table_name="notifications")
+
     op.drop_table("notifications")
+
     op.drop_index("ix_jobs_tenant_id_created_at", table_name="jobs")
+
     op.drop_index(
         "ix_jobs_running_lease",
         table_name="jobs",
         postgresql_where="status = 'running'",
     )
+
     op.drop_index("ix_jobs_finished_at", table_name="jobs")
+
     op.drop_index(
         "ix_jobs_due",
         table_name="jobs",
         postgresql_where="status IN ('enqueued', 'retrying')",
     )
+
     op.drop_index("ix_jobs_created_at_id", table_name="jobs")
+
     op.drop_table("jobs")
+
     op.drop_index(op.f("ix_api_keys_tenant_id"), table_name="api_keys")
+
     op.drop_table("api_keys")
+
     op.drop_table("tenants")
+
     for enum_name in (
         "charge_outcome",
         "invoice_status",

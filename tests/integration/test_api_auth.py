@@ -179,8 +179,8 @@ def test_revoked_key_is_401(client, resources_of_b, operator, method, path):
 def test_operator_key_reaches_endpoint(client, resources_of_b, operator, method, path):
     response = call(client, method, path, resources_of_b, operator.headers)
 
-    # The retry answers 409 because tenant B's job is not failed: the
-    # operator got past authentication and authorization.
+    # The retry returns 409 because tenant B's job has not failed, which shows
+    # that the operator got past authentication and authorization.
     assert response.status_code in (200, 201, 202, 409)
 
 

@@ -25,7 +25,13 @@ from models.jobs import JobStatus
 from models.notifications import Notification
 from models.tenants import Tenant, TenantStatus
 from tests.conftest import wait_for
-from tests.factories import all_jobs_finished, create_tenants, get_job, invoices
+from tests.factories import (
+    all_jobs_finished,
+    create_tenants,
+    database_rejects,
+    get_job,
+    invoices,
+)
 
 
 def bill(tenant_id: int, period: str = "2026-10") -> None:
@@ -184,20 +190,14 @@ def test_dunning_ends_uncollectible(worker, stripe_server):
     assert stripe_server.request_count == 4
 
 
-def test_database_refusing_writes_no_second_charge(worker, stripe_server):
+def test_rejected_outcome_write_charges_once(worker, stripe_server):
     [tenant_id] = create_tenants(1)
-    with transaction() as session:
-        session.execute(
-            text(
-                "CREATE FUNCTION refuse_outcome() RETURNS trigger AS $$ BEGIN "
-                "IF NEW.outcome <> 'pending' THEN "
-                "RAISE EXCEPTION 'charge outcome writes refused'; END IF; "
-                "RETURN NEW; END $$ LANGUAGE plpgsql;"
-                "CREATE TRIGGER refuse_outcome BEFORE UPDATE ON charge_attempts "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_outcome();"
-            )
-        )
-    try:
+    with database_rejects(
+        table="charge_attempts",
+        event="UPDATE",
+        condition="NEW.outcome <> 'pending'",
+        message="charge outcome writes rejected",
+    ):
         bill(tenant_id)
         wait_for(
             lambda: (
@@ -206,19 +206,11 @@ def test_database_refusing_writes_no_second_charge(worker, stripe_server):
             ),
             timeout_s=30,
         )
-        charged_while_refused = len(stripe_server.payment_intents())
-    finally:
-        with transaction() as session:
-            session.execute(
-                text(
-                    "DROP TRIGGER refuse_outcome ON charge_attempts;"
-                    "DROP FUNCTION refuse_outcome();"
-                )
-            )
+        charged_while_rejected = len(stripe_server.payment_intents())
     wait_for(all_jobs_finished, timeout_s=30)
 
     [invoice] = invoices()
-    assert charged_while_refused == 1
+    assert charged_while_rejected == 1
     assert invoice.status.value == "paid"
     assert len(stripe_server.payment_intents()) == 1
     assert stripe_server.request_count >= 2

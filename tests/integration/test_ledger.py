@@ -17,7 +17,13 @@ from infra.db import transaction
 from infra.redis import get_redis
 from models.jobs import DedupKeyConflict, Job, JobStatus, claim, finish
 from tests.conftest import wait_for
-from tests.factories import all_jobs_finished, create_tenants, get_job, invoices
+from tests.factories import (
+    all_jobs_finished,
+    create_tenants,
+    database_rejects,
+    get_job,
+    invoices,
+)
 
 NAMESPACE = "vetqueue-test"
 
@@ -232,18 +238,10 @@ def test_redis_flush_loses_no_job(broker):
 
 def test_retry_records_next_attempt(broker, worker, db):
     create_tenants(1)
-    # A trigger makes the database refuse invoice inserts, so bill_tenant fails
-    # with a database error that Dramatiq retries.
-    with transaction() as session:
-        session.execute(
-            text(
-                "CREATE FUNCTION refuse_invoice() RETURNS trigger AS $$ BEGIN "
-                "RAISE EXCEPTION 'invoice writes refused'; END $$ LANGUAGE plpgsql;"
-                "CREATE TRIGGER refuse_invoice BEFORE INSERT ON platform_invoices "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_invoice();"
-            )
-        )
-    try:
+    # bill_tenant fails with a database error, which Dramatiq retries.
+    with database_rejects(
+        table="platform_invoices", event="INSERT", message="invoice writes rejected"
+    ):
         enqueue("bill_tenant", {"tenant_id": 1, "period": "2026-10"})
         retrying = wait_for(
             lambda: (
@@ -253,16 +251,8 @@ def test_retry_records_next_attempt(broker, worker, db):
             ),
             timeout_s=20,
         )
-    finally:
-        with transaction() as session:
-            session.execute(
-                text(
-                    "DROP TRIGGER refuse_invoice ON platform_invoices;"
-                    "DROP FUNCTION refuse_invoice();"
-                )
-            )
 
-    assert "invoice writes refused" in retrying.last_error
+    assert "invoice writes rejected" in retrying.last_error
     assert retrying.to_dict()["next_attempt_at"] is not None
     done = wait_for(
         lambda: get_job("bill-tenant:1:2026-10").status == JobStatus.SUCCEEDED,
@@ -320,32 +310,21 @@ def test_unknown_actor_recorded_failed(broker, worker):
 
 def test_claim_failure_retries_message(broker, worker):
     [tenant_id] = create_tenants(1)
-    # The database refuses to start jobs, so the claim itself fails.
-    with transaction() as session:
-        session.execute(
-            text(
-                "CREATE FUNCTION refuse_claim() RETURNS trigger AS $$ BEGIN "
-                "IF NEW.status = 'running' THEN "
-                "RAISE EXCEPTION 'job claims refused'; END IF; "
-                "RETURN NEW; END $$ LANGUAGE plpgsql;"
-                "CREATE TRIGGER refuse_claim BEFORE UPDATE ON jobs "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_claim();"
-            )
-        )
-    try:
+    # The database rejects moving jobs to running, so the claim itself fails.
+    with database_rejects(
+        table="jobs",
+        event="UPDATE",
+        condition="NEW.status = 'running'",
+        message="job claims rejected",
+    ):
         enqueue("bill_tenant", {"tenant_id": tenant_id, "period": "2026-10"})
         wait_for(lambda: get_redis().hlen(f"{NAMESPACE}:billing.DQ.msgs") == 1)
-        refused = get_job(f"bill-tenant:{tenant_id}:2026-10")
-    finally:
-        with transaction() as session:
-            session.execute(
-                text("DROP TRIGGER refuse_claim ON jobs; DROP FUNCTION refuse_claim();")
-            )
+        unclaimed = get_job(f"bill-tenant:{tenant_id}:2026-10")
 
     wait_for(all_jobs_finished, timeout_s=30)
 
-    assert refused.status == JobStatus.ENQUEUED
-    assert refused.attempts == 0
+    assert unclaimed.status == JobStatus.ENQUEUED
+    assert unclaimed.attempts == 0
     assert len(invoices()) == 1
 
 
