@@ -8,15 +8,13 @@ import re
 from typing import Any
 
 from pydantic import Field, field_validator
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Date, bindparam, text
 
 from actors.ledger import JobRequest, enqueue, enqueue_many
 from actors.registry import JobParams, job_type
 from infra.db import transaction
 from infra.settings import get_settings
-from models.billing import PlatformInvoice
-from models.tenants import Tenant, billable_tenant_ids
+from models.tenants import billable_tenant_ids
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +132,40 @@ def billing_run(params: BillingRunParams) -> dict[str, Any]:
     return {"period": params.period, "enqueued": enqueued, "continued": True}
 
 
+# bill_tenant runs once per tenant, so it reads the tenant and creates the
+# invoice in one statement of plain SQL built once. The invoice is left out
+# for a tenant with no paid plan. An invoice that exists already is read back,
+# and ``created`` tells the two apart.
+CREATE_INVOICE = text(
+    """
+    WITH tenant AS (
+        SELECT id, plan_price_cents, currency FROM tenants WHERE id = :tenant_id
+    ), inserted AS (
+        INSERT INTO platform_invoices
+            (tenant_id, period_start, amount_cents, amount_due_cents, currency,
+             status, attempt_count, awaiting_payment_method)
+        SELECT id, :period_start, plan_price_cents, plan_price_cents, currency,
+               'open', 0, false
+        FROM tenant WHERE plan_price_cents > 0
+        ON CONFLICT (tenant_id, period_start) DO NOTHING
+        RETURNING id
+    )
+    SELECT tenant.plan_price_cents,
+           coalesce((SELECT id FROM inserted),
+                    (SELECT id FROM platform_invoices
+                     WHERE tenant_id = :tenant_id
+                       AND period_start = :period_start)) AS invoice_id,
+           EXISTS (SELECT 1 FROM inserted) AS created
+    FROM tenant
+    """
+).bindparams(bindparam("period_start", type_=Date))
+
+FIND_INVOICE = text(
+    "SELECT id FROM platform_invoices"
+    " WHERE tenant_id = :tenant_id AND period_start = :period_start"
+).bindparams(bindparam("period_start", type_=Date))
+
+
 @job_type(
     queue="billing",
     params=BillTenantParams,
@@ -147,37 +179,26 @@ def bill_tenant(params: BillTenantParams) -> dict[str, Any]:
     The invoice and the charge job's ledger row commit together, so a crash
     leaves either both or neither.
     """
+    start = period_start(params.period)
     with transaction() as session:
-        tenant = session.get(Tenant, params.tenant_id)
-        if tenant is None:
+        row = session.execute(
+            CREATE_INVOICE, {"tenant_id": params.tenant_id, "period_start": start}
+        ).first()
+        if row is None:
             return {"invoice_id": None, "skipped": "tenant not found"}
-        if tenant.plan_price_cents <= 0:
+        if row.plan_price_cents <= 0:
             return {"invoice_id": None, "skipped": "tenant has no paid plan"}
-
-        invoice_id = session.scalar(
-            insert(PlatformInvoice)
-            .values(
-                tenant_id=tenant.id,
-                period_start=period_start(params.period),
-                amount_cents=tenant.plan_price_cents,
-                amount_due_cents=tenant.plan_price_cents,
-                currency=tenant.currency,
-            )
-            .on_conflict_do_nothing(index_elements=["tenant_id", "period_start"])
-            .returning(PlatformInvoice.id)
-        )
-        created = invoice_id is not None
-        if not created:
+        invoice_id = row.invoice_id
+        if invoice_id is None:
+            # Another transaction created the invoice after this statement's
+            # snapshot was taken; a new statement sees it.
             invoice_id = session.scalar(
-                select(PlatformInvoice.id).where(
-                    PlatformInvoice.tenant_id == tenant.id,
-                    PlatformInvoice.period_start == period_start(params.period),
-                )
+                FIND_INVOICE, {"tenant_id": params.tenant_id, "period_start": start}
             )
         enqueue(
             "charge_invoice",
             {"invoice_id": invoice_id, "attempt_number": 1},
-            tenant_id=tenant.id,
+            tenant_id=params.tenant_id,
             session=session,
         )
-    return {"invoice_id": invoice_id, "created": created}
+    return {"invoice_id": invoice_id, "created": row.created}

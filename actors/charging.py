@@ -18,7 +18,7 @@ from typing import Any
 
 import stripe
 from pydantic import Field
-from sqlalchemy import Connection, Row, and_, func, select, text, update
+from sqlalchemy import Connection, Row, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -26,7 +26,7 @@ from actors.errors import PermanentJobError
 from actors.ledger import JobRequest, enqueue_many
 from actors.registry import JobParams, job_type
 from actors.stripe_calls import call_stripe
-from infra.db import connection, transaction
+from infra.db import autocommit, connection, transaction
 from infra.settings import Settings, get_settings
 from infra.stripe_client import get_stripe
 from models.billing import ChargeAttempt, ChargeOutcome, InvoiceStatus, PlatformInvoice
@@ -159,6 +159,46 @@ def charge_invoice(params: ChargeInvoiceParams) -> dict[str, Any]:
     return _record_success(pending, intent)
 
 
+# Opening an attempt runs on every charge, so its two statements are plain
+# SQL built once: building them with the ORM on every call cost more CPU
+# than running them.
+READ_INVOICE_FOR_CHARGE = text(
+    """
+    SELECT i.id, i.tenant_id, i.status, i.attempt_count,
+           i.awaiting_payment_method, i.next_attempt_at, i.amount_due_cents,
+           i.currency, t.stripe_customer_id, t.stripe_payment_method_id,
+           a.id AS attempt_id, a.outcome AS attempt_outcome,
+           a.idempotency_key AS attempt_key,
+           a.amount_cents AS attempt_amount_cents,
+           a.currency AS attempt_currency
+    FROM platform_invoices AS i
+    JOIN tenants AS t ON t.id = i.tenant_id
+    LEFT JOIN charge_attempts AS a
+        ON a.invoice_id = i.id AND a.attempt_number = :attempt_number
+    WHERE i.id = :invoice_id
+    FOR UPDATE OF i
+    """
+)
+
+INSERT_ATTEMPT = text(
+    """
+    WITH attempt AS (
+        INSERT INTO charge_attempts
+            (invoice_id, attempt_number, idempotency_key, amount_cents,
+             currency, outcome)
+        VALUES (:invoice_id, :attempt_number, :key, :amount_cents, :currency,
+                'pending')
+        RETURNING id, idempotency_key, amount_cents, currency
+    ), counted AS (
+        UPDATE platform_invoices
+        SET attempt_count = :attempt_number, updated_at = now()
+        WHERE id = :invoice_id
+    )
+    SELECT id, idempotency_key, amount_cents, currency FROM attempt
+    """
+)
+
+
 def _open_attempt(
     conn: Connection, params: ChargeInvoiceParams
 ) -> PendingCharge | dict[str, Any]:
@@ -170,33 +210,8 @@ def _open_attempt(
     # One round trip reads the invoice (locked), its tenant's payment details
     # and the attempt with this number, if one was opened before.
     invoice = conn.execute(
-        select(
-            PlatformInvoice.id,
-            PlatformInvoice.tenant_id,
-            PlatformInvoice.status,
-            PlatformInvoice.attempt_count,
-            PlatformInvoice.awaiting_payment_method,
-            PlatformInvoice.next_attempt_at,
-            PlatformInvoice.amount_due_cents,
-            PlatformInvoice.currency,
-            Tenant.stripe_customer_id,
-            Tenant.stripe_payment_method_id,
-            ChargeAttempt.id.label("attempt_id"),
-            ChargeAttempt.outcome.label("attempt_outcome"),
-            ChargeAttempt.idempotency_key.label("attempt_key"),
-            ChargeAttempt.amount_cents.label("attempt_amount_cents"),
-            ChargeAttempt.currency.label("attempt_currency"),
-        )
-        .join(Tenant, Tenant.id == PlatformInvoice.tenant_id)
-        .outerjoin(
-            ChargeAttempt,
-            and_(
-                ChargeAttempt.invoice_id == PlatformInvoice.id,
-                ChargeAttempt.attempt_number == params.attempt_number,
-            ),
-        )
-        .where(PlatformInvoice.id == params.invoice_id)
-        .with_for_update(of=PlatformInvoice)
+        READ_INVOICE_FOR_CHARGE,
+        {"invoice_id": params.invoice_id, "attempt_number": params.attempt_number},
     ).first()
     if invoice is None:
         raise PermanentJobError(f"platform invoice {params.invoice_id} not found")
@@ -253,29 +268,16 @@ class _PendingAttempt:
 
 
 def _insert_attempt(conn: Connection, invoice: Row, attempt_number: int) -> Row:
-    attempt = conn.execute(
-        insert(ChargeAttempt)
-        .values(
-            invoice_id=invoice.id,
-            attempt_number=attempt_number,
-            idempotency_key=idempotency_key(invoice.id, attempt_number),
-            amount_cents=invoice.amount_due_cents,
-            currency=invoice.currency,
-            outcome=ChargeOutcome.PENDING,
-        )
-        .returning(
-            ChargeAttempt.id,
-            ChargeAttempt.idempotency_key,
-            ChargeAttempt.amount_cents,
-            ChargeAttempt.currency,
-        )
+    return conn.execute(
+        INSERT_ATTEMPT,
+        {
+            "invoice_id": invoice.id,
+            "attempt_number": attempt_number,
+            "key": idempotency_key(invoice.id, attempt_number),
+            "amount_cents": invoice.amount_due_cents,
+            "currency": invoice.currency,
+        },
     ).one()
-    conn.execute(
-        update(PlatformInvoice)
-        .where(PlatformInvoice.id == invoice.id)
-        .values(attempt_count=attempt_number)
-    )
-    return attempt
 
 
 def _why_not_due(invoice: Row, attempt_number: int) -> str | None:
@@ -352,7 +354,7 @@ RECORD_SUCCESS = text(
 def _record_success(
     pending: PendingCharge, intent: stripe.PaymentIntent
 ) -> dict[str, Any]:
-    with connection() as conn:
+    with autocommit() as conn:
         conn.execute(
             RECORD_SUCCESS,
             {

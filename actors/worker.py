@@ -7,6 +7,7 @@ broker, so the module sets the broker up when it is imported.
 import sys
 
 from actors.broker import setup_broker
+from infra.db import disable_pool_pre_ping
 from infra.logging import configure_logging
 from infra.settings import SettingsError, get_settings
 
@@ -16,4 +17,5 @@ except SettingsError as error:
     sys.exit(f"worker not started: {error}")
 
 configure_logging(settings.log_level)
+disable_pool_pre_ping()
 broker = setup_broker(settings)

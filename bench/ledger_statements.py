@@ -46,7 +46,7 @@ LEASE_S = 90.0
 ROUNDS = 2
 
 # NOTE: the two *_without_sync functions rebuild, with the ORM, the SQL of
-# models.jobs.CLAIM and models.jobs.FINISH for a successful run, so they must
+# models.jobs.CLAIM_SQL and models.jobs.FINISH_SQL for a successful run, so they must
 # change when those statements do.
 
 

@@ -44,6 +44,10 @@ def configure_logging(level: str = "INFO") -> None:
     """Send logs to stderr with bound fields appended. Safe to call twice."""
     root = logging.getLogger()
     root.setLevel(level)
+    # The Stripe SDK logs two INFO lines per request, which would double the
+    # log volume of a billing run; the charging code logs each outcome itself.
+    stripe_level = max(logging.getLevelName(level), logging.WARNING)
+    logging.getLogger("stripe").setLevel(stripe_level)
     if any(isinstance(f, ContextFilter) for h in root.handlers for f in h.filters):
         return
     handler = logging.StreamHandler()

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8420",
         description="Base address of the Stripe API (a local emulator in development).",
     )
+    stripe_proxy_url: str | None = Field(
+        None,
+        description="Proxy for Stripe requests; proxy environment variables "
+        "such as HTTPS_PROXY are not read.",
+    )
     stripe_connect_timeout_s: float = Field(3.0, gt=0, le=60)
     stripe_read_timeout_s: float = Field(20.0, gt=0, le=120)
     stripe_max_concurrency: int = Field(
@@ -106,6 +111,13 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("expected an http:// or https:// address")
         return value.rstrip("/")
+
+    @field_validator("stripe_proxy_url")
+    @classmethod
+    def _check_proxy_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// proxy address")
+        return value or None
 
     @field_validator("dunning_retry_days", mode="before")
     @classmethod

@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    Boolean,
     Connection,
     DateTime,
     Enum,
@@ -27,7 +27,6 @@ from sqlalchemy import (
     String,
     Text,
     and_,
-    bindparam,
     delete,
     func,
     or_,
@@ -36,7 +35,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, created_at_column, enum_values
@@ -150,10 +149,33 @@ class NewJob:
     tenant_id: int | None = None
 
 
+# One statement inserts any number of jobs: each column arrives as one array
+# parameter, so the SQL is the same for every batch size and is built once.
+# Building the insert with the ORM on every call cost more CPU than running
+# it.
+INSERT_JOBS = text(
+    """
+    INSERT INTO jobs
+        (id, type, params, dedup_key, queue, tenant_id, status, attempts, deaths)
+    SELECT id, type, CAST(params AS jsonb), dedup_key, queue, tenant_id,
+           'enqueued', 0, 0
+    FROM unnest(
+        CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:params AS text[]),
+        CAST(:dedup_keys AS text[]), CAST(:queues AS text[]),
+        CAST(:tenant_ids AS bigint[])
+    ) AS new (id, type, params, dedup_key, queue, tenant_id)
+    ON CONFLICT (dedup_key) DO NOTHING
+    RETURNING *
+    """
+).columns(*Job.__table__.c)
+
+
 def insert_jobs(session: Session, new_jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
     """Insert jobs whose dedup keys are new and return each job with a created flag.
 
-    A key that exists returns the existing job, after a check that it has the
+    A created job is returned detached from the session, so changing its
+    attributes changes nothing in the database. A key that exists returns the
+    existing job, after a check that it has the
     same type and params. ``INSERT ... ON CONFLICT DO NOTHING`` makes concurrent
     inserts of one key wait for each other instead of failing, so no caller
     sees a unique violation. Raises DedupKeyConflict on a mismatch.
@@ -161,24 +183,20 @@ def insert_jobs(session: Session, new_jobs: Sequence[NewJob]) -> list[tuple[Job,
     if not new_jobs:
         return []
 
-    rows = [
+    # The new rows come back as plain rows and become Job objects outside the
+    # session: loading them into it cost more CPU than the insert itself.
+    rows = session.execute(
+        INSERT_JOBS,
         {
-            "id": uuid.uuid4(),
-            "type": new.type,
-            "params": new.params,
-            "dedup_key": new.dedup_key,
-            "queue": new.queue,
-            "tenant_id": new.tenant_id,
-            "status": JobStatus.ENQUEUED,
-        }
-        for new in new_jobs
-    ]
-    # One statement executed with many parameter sets is compiled once and
-    # cached, where a multi-row VALUES clause is compiled again per row count.
-    inserted = session.scalars(
-        insert(Job).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(Job),
-        rows,
-    ).all()
+            "ids": [uuid.uuid4() for _ in new_jobs],
+            "types": [new.type for new in new_jobs],
+            "params": [json.dumps(new.params) for new in new_jobs],
+            "dedup_keys": [new.dedup_key for new in new_jobs],
+            "queues": [new.queue for new in new_jobs],
+            "tenant_ids": [new.tenant_id for new in new_jobs],
+        },
+    )
+    inserted = [Job(**row._mapping) for row in rows]
     by_key = {job.dedup_key: job for job in inserted}
     existing_keys = {new.dedup_key for new in new_jobs if new.dedup_key not in by_key}
     if existing_keys:
@@ -205,44 +223,41 @@ class Claim:
     reason: str = ""
 
 
-# The two statements every message runs are plain SQL, built once: building
-# them with the ORM costs more client CPU per message than the rest of a
-# no-op job (measured with bench/ledger_statements.py).
-CLAIM = text(
-    """
+# Every message runs these two statements. They go to the driver as they are
+# (``exec_driver_sql``), with psycopg's parameter style: SQLAlchemy's statement
+# cache lookup and parameter processing cost more client CPU per message than
+# the rest of a no-op job (measured with bench/ledger_statements.py).
+CLAIM_SQL = """
     UPDATE jobs SET
         status = 'running',
         attempts = attempts + 1,
         deaths = deaths + CASE WHEN status = 'running' THEN 1 ELSE 0 END,
-        lease_expires_at = now() + make_interval(secs => :lease_s),
+        lease_expires_at = now() + make_interval(secs => %(lease_s)s),
         started_at = coalesce(started_at, now()),
         updated_at = now()
-    WHERE id = :job_id
+    WHERE id = %(job_id)s
       AND (status IN ('enqueued', 'retrying')
            OR (status = 'running' AND lease_expires_at < now()))
     RETURNING attempts, deaths
-    """
-).bindparams(bindparam("job_id", type_=UUID(as_uuid=True)), bindparam("lease_s"))
+"""
 
-FINISH = text(
-    """
+FINISH_SQL = """
     UPDATE jobs SET
-        status = CAST(:status AS job_status),
+        status = CAST(%(status)s AS job_status),
         lease_expires_at = NULL,
         updated_at = now(),
-        last_error = :error,
-        finished_at = CASE WHEN :finished THEN now() ELSE finished_at END,
-        result = CASE WHEN :finished THEN :result ELSE result END,
-        next_attempt_at = CASE WHEN :finished THEN next_attempt_at
-                               ELSE coalesce(:next_attempt_at, now()) END
-    WHERE id = :job_id AND attempts = :attempt AND status = 'running'
-    """
-).bindparams(
-    bindparam("job_id", type_=UUID(as_uuid=True)),
-    bindparam("finished", type_=Boolean),
-    bindparam("result", type_=JSONB(none_as_null=True)),
-    bindparam("next_attempt_at", type_=DateTime(timezone=True)),
-)
+        last_error = %(error)s,
+        finished_at = CASE WHEN %(finished)s THEN now() ELSE finished_at END,
+        result = CASE WHEN %(finished)s THEN CAST(%(result)s AS jsonb)
+                      ELSE result END,
+        next_attempt_at = CASE WHEN %(finished)s THEN next_attempt_at
+                               ELSE coalesce(%(next_attempt_at)s, now()) END
+    WHERE id = %(job_id)s AND attempts = %(attempt)s AND status = 'running'
+"""
+
+
+def _core(session: Session | Connection) -> Connection:
+    return session.connection() if isinstance(session, Session) else session
 
 
 def claim(session: Session | Connection, *, job_id: uuid.UUID, lease_s: float) -> Claim:
@@ -251,11 +266,14 @@ def claim(session: Session | Connection, *, job_id: uuid.UUID, lease_s: float) -
     A ``running`` row whose lease expired belongs to a worker that died (or
     stalled past its time limit): taking it over counts a death.
     """
-    row = session.execute(CLAIM, {"job_id": job_id, "lease_s": lease_s}).first()
+    conn = _core(session)
+    row = conn.exec_driver_sql(
+        CLAIM_SQL, {"job_id": job_id, "lease_s": float(lease_s)}
+    ).first()
     if row is not None:
         return Claim(started=True, attempt=row.attempts, deaths=row.deaths)
 
-    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    status = conn.scalar(select(Job.status).where(Job.id == job_id))
     if status is None:
         return Claim(started=False, reason="no ledger row")
     if status == JobStatus.RUNNING:
@@ -279,15 +297,15 @@ def finish(
     Returns False when a newer attempt took the job over and fenced this one out.
     """
     finished = status in FINISHED_STATUSES
-    updated = session.execute(
-        FINISH,
+    updated = _core(session).exec_driver_sql(
+        FINISH_SQL,
         {
             "job_id": job_id,
             "attempt": attempt,
             "status": status.value,
             "error": error[:MAX_ERROR_CHARS] if error else None,
             "finished": finished,
-            "result": result if finished else None,
+            "result": json.dumps(result) if finished and result is not None else None,
             "next_attempt_at": None if finished else next_attempt_at,
         },
     )

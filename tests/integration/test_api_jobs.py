@@ -499,8 +499,11 @@ def insert_failed_job() -> Job:
     )
     with transaction() as session:
         [(job, _)] = insert_jobs(session, [new])
-        job.status = JobStatus.FAILED
-        job.last_error = "simulated failure"
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id)
+            .values(status=JobStatus.FAILED, last_error="simulated failure")
+        )
     return job
 
 
