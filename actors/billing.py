@@ -5,15 +5,25 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import uuid
 from typing import Any
 
 from pydantic import Field, field_validator
 from sqlalchemy import Date, bindparam, text
+from sqlalchemy.dialects.postgresql import UUID
 
-from actors.ledger import JobRequest, enqueue, enqueue_many
+from actors.ledger import (
+    JobRequest,
+    enqueue,
+    enqueue_many,
+    get_job_type,
+    send_messages,
+)
+from actors.middleware import note_success_recorded, success_fence
 from actors.registry import JobParams, job_type
-from infra.db import transaction
+from infra.db import autocommit, transaction
 from infra.settings import get_settings
+from models.jobs import Job, succeed_cte
 from models.tenants import billable_tenant_ids
 
 logger = logging.getLogger(__name__)
@@ -132,12 +142,15 @@ def billing_run(params: BillingRunParams) -> dict[str, Any]:
     return {"period": params.period, "enqueued": enqueued, "continued": True}
 
 
-# bill_tenant runs once per tenant, so it reads the tenant and creates the
-# invoice in one statement of plain SQL built once. The invoice is left out
-# for a tenant with no paid plan. An invoice that exists already is read back,
-# and ``created`` tells the two apart.
-CREATE_INVOICE = text(
-    """
+# bill_tenant runs once per tenant, so all of its work is one statement of
+# plain SQL, built once and committed on its own. It reads the tenant,
+# creates the invoice unless the tenant has no paid plan (or reads back the
+# one that exists), inserts the ledger row of the invoice's first charge
+# unless its dedup key exists, and records the job's own success. The charge
+# job's params and dedup key are those that charge_invoice's params model and
+# natural key give; a test checks that they match.
+BILL_TENANT = text(
+    f"""
     WITH tenant AS (
         SELECT id, plan_price_cents, currency FROM tenants WHERE id = :tenant_id
     ), inserted AS (
@@ -149,21 +162,45 @@ CREATE_INVOICE = text(
         FROM tenant WHERE plan_price_cents > 0
         ON CONFLICT (tenant_id, period_start) DO NOTHING
         RETURNING id
-    )
-    SELECT tenant.plan_price_cents,
-           coalesce((SELECT id FROM inserted),
-                    (SELECT id FROM platform_invoices
-                     WHERE tenant_id = :tenant_id
-                       AND period_start = :period_start)) AS invoice_id,
-           EXISTS (SELECT 1 FROM inserted) AS created
+    ), invoice AS (
+        SELECT id, true AS created FROM inserted
+        UNION ALL
+        SELECT id, false FROM platform_invoices
+        WHERE tenant_id = :tenant_id AND period_start = :period_start
+          AND NOT EXISTS (SELECT 1 FROM inserted)
+          AND EXISTS (SELECT 1 FROM tenant WHERE plan_price_cents > 0)
+    ), charge_job AS (
+        INSERT INTO jobs
+            (id, type, params, dedup_key, queue, tenant_id, status, attempts,
+             deaths)
+        SELECT :charge_job_id, :charge_type,
+               jsonb_build_object(
+                   'invoice_id', id, 'attempt_number', 1, 'due_at', NULL),
+               'charge-invoice:' || id || '\\:1', :charge_queue, :tenant_id,
+               'enqueued', 0, 0
+        FROM invoice
+        ON CONFLICT (dedup_key) DO NOTHING
+        RETURNING id, params, dedup_key
+    ), {
+        succeed_cte(
+            "(SELECT jsonb_build_object('invoice_id', id, 'created', created)"
+            " FROM invoice)",
+            condition_sql="EXISTS (SELECT 1 FROM invoice)",
+        )
+    }
+    SELECT tenant.plan_price_cents, invoice.id AS invoice_id, invoice.created,
+           charge_job.params AS charge_params,
+           charge_job.dedup_key AS charge_dedup_key,
+           EXISTS (SELECT 1 FROM succeeded_job) AS job_recorded
     FROM tenant
+    LEFT JOIN invoice ON true
+    LEFT JOIN charge_job ON true
     """
-).bindparams(bindparam("period_start", type_=Date))
-
-FIND_INVOICE = text(
-    "SELECT id FROM platform_invoices"
-    " WHERE tenant_id = :tenant_id AND period_start = :period_start"
-).bindparams(bindparam("period_start", type_=Date))
+).bindparams(
+    bindparam("period_start", type_=Date),
+    bindparam("job_id", type_=UUID(as_uuid=True)),
+    bindparam("charge_job_id", type_=UUID(as_uuid=True)),
+)
 
 
 @job_type(
@@ -176,29 +213,45 @@ FIND_INVOICE = text(
 def bill_tenant(params: BillTenantParams) -> dict[str, Any]:
     """Create the tenant's invoice for the period, once, and enqueue its charge.
 
-    The invoice and the charge job's ledger row commit together, so a crash
-    leaves either both or neither.
+    The invoice, the charge job's ledger row and this job's success commit
+    together, so a crash leaves either all or none of them. The charge
+    job's message is sent after the commit; if this process dies first, the
+    sweeper sends it.
     """
-    start = period_start(params.period)
-    with transaction() as session:
-        row = session.execute(
-            CREATE_INVOICE, {"tenant_id": params.tenant_id, "period_start": start}
-        ).first()
-        if row is None:
-            return {"invoice_id": None, "skipped": "tenant not found"}
-        if row.plan_price_cents <= 0:
-            return {"invoice_id": None, "skipped": "tenant has no paid plan"}
-        invoice_id = row.invoice_id
-        if invoice_id is None:
+    charge_type = get_job_type("charge_invoice")
+    fence = success_fence()
+    arguments = {
+        "tenant_id": params.tenant_id,
+        "period_start": period_start(params.period),
+        "charge_job_id": uuid.uuid4(),
+        "charge_type": charge_type.name,
+        "charge_queue": charge_type.queue,
+        **fence,
+    }
+    with autocommit() as conn:
+        row = conn.execute(BILL_TENANT, arguments).first()
+        if row is not None and row.plan_price_cents > 0 and row.invoice_id is None:
             # Another transaction created the invoice after this statement's
-            # snapshot was taken; a new statement sees it.
-            invoice_id = session.scalar(
-                FIND_INVOICE, {"tenant_id": params.tenant_id, "period_start": start}
-            )
-        enqueue(
-            "charge_invoice",
-            {"invoice_id": invoice_id, "attempt_number": 1},
-            tenant_id=params.tenant_id,
-            session=session,
+            # snapshot was taken. The same statement run again sees it.
+            row = conn.execute(BILL_TENANT, arguments).first()
+    if row is None:
+        return {"invoice_id": None, "skipped": "tenant not found"}
+    if row.plan_price_cents <= 0:
+        return {"invoice_id": None, "skipped": "tenant has no paid plan"}
+    if row.invoice_id is None:
+        raise RuntimeError(
+            f"invoice of tenant {params.tenant_id} for {params.period} is neither "
+            "created nor found; the job will retry"
         )
-    return {"invoice_id": invoice_id, "created": row.created}
+    if fence["job_id"] is not None:
+        note_success_recorded(row.job_recorded)
+    if row.charge_dedup_key is not None:
+        charge = Job(
+            id=arguments["charge_job_id"],
+            type=charge_type.name,
+            params=row.charge_params,
+            dedup_key=row.charge_dedup_key,
+            queue=charge_type.queue,
+        )
+        send_messages([charge])
+    return {"invoice_id": row.invoice_id, "created": row.created}

@@ -13,23 +13,26 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 from typing import Any
 
 import stripe
 from pydantic import Field
-from sqlalchemy import Connection, Row, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Connection, Row, bindparam, func, select, text, update
+from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.orm import Session
 
 from actors.errors import PermanentJobError
 from actors.ledger import JobRequest, enqueue_many
+from actors.middleware import note_success_recorded, success_fence
 from actors.registry import JobParams, job_type
 from actors.stripe_calls import call_stripe
 from infra.db import autocommit, connection, transaction
 from infra.settings import Settings, get_settings
 from infra.stripe_client import get_stripe
 from models.billing import ChargeAttempt, ChargeOutcome, InvoiceStatus, PlatformInvoice
+from models.jobs import succeed_cte
 from models.notifications import Notification
 from models.tenants import Tenant, TenantStatus
 
@@ -322,13 +325,14 @@ def _lock(
     return invoice, attempt
 
 
-# One statement records a successful charge, so the success path costs one
-# round trip. Each update is guarded, and a no-op when an earlier delivery
-# of the job recorded the outcome already. The tenant check reads the
-# snapshot from before the statement, which is enough because the invoice
-# being paid was never uncollectible.
+# One statement records a successful charge and the job's success, so the
+# success path costs one round trip and its record commits with the job's.
+# Each update is guarded, and a no-op when an earlier delivery of the job
+# recorded the outcome already. The tenant check reads the snapshot from
+# before the statement, which is enough because the invoice being paid was
+# never uncollectible.
 RECORD_SUCCESS = text(
-    """
+    f"""
     WITH attempt AS (
         UPDATE charge_attempts
         SET outcome = 'succeeded', stripe_payment_intent_id = :intent_id,
@@ -340,39 +344,47 @@ RECORD_SUCCESS = text(
             next_attempt_at = NULL, stripe_payment_intent_id = :intent_id,
             updated_at = now()
         WHERE id = :invoice_id AND status <> 'paid'
-    )
-    UPDATE tenants SET status = 'active', updated_at = now()
-    WHERE id = :tenant_id AND status = 'past_due'
-      AND NOT EXISTS (
-          SELECT 1 FROM platform_invoices
-          WHERE tenant_id = :tenant_id AND status = 'uncollectible'
-      )
+    ), tenant AS (
+        UPDATE tenants SET status = 'active', updated_at = now()
+        WHERE id = :tenant_id AND status = 'past_due'
+          AND NOT EXISTS (
+              SELECT 1 FROM platform_invoices
+              WHERE tenant_id = :tenant_id AND status = 'uncollectible'
+          )
+    ), {succeed_cte("CAST(:job_result AS jsonb)")}
+    SELECT EXISTS (SELECT 1 FROM succeeded_job) AS job_recorded
     """
-)
+).bindparams(bindparam("job_id", type_=UUID(as_uuid=True)))
 
 
 def _record_success(
     pending: PendingCharge, intent: stripe.PaymentIntent
 ) -> dict[str, Any]:
+    result = {
+        "invoice_id": pending.invoice_id,
+        "outcome": "paid",
+        "payment_intent": intent.id,
+    }
+    fence = success_fence()
     with autocommit() as conn:
-        conn.execute(
+        job_recorded = conn.execute(
             RECORD_SUCCESS,
             {
                 "intent_id": intent.id,
                 "attempt_id": pending.attempt_id,
                 "invoice_id": pending.invoice_id,
                 "tenant_id": pending.tenant_id,
+                "job_result": json.dumps(result),
+                **fence,
             },
-        )
+        ).scalar_one()
+    if fence["job_id"] is not None:
+        note_success_recorded(job_recorded)
     logger.info(
         "invoice paid",
         extra={"invoice_id": pending.invoice_id, "tenant_id": pending.tenant_id},
     )
-    return {
-        "invoice_id": pending.invoice_id,
-        "outcome": "paid",
-        "payment_intent": intent.id,
-    }
+    return result
 
 
 def _record_decline(

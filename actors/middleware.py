@@ -32,6 +32,9 @@ class RunContext:
     retry_eta_ms: int | None = None
     result: dict[str, Any] | None = None
     log_token: Any = None
+    # Set when the job's own final statement recorded its success in the
+    # ledger, in the same transaction as its work (see ``success_fence``).
+    success_recorded: bool = False
 
 
 _local = threading.local()
@@ -40,6 +43,36 @@ _local = threading.local()
 def current_run() -> RunContext | None:
     """Return the job this thread is running, or None outside a job."""
     return getattr(_local, "run", None)
+
+
+def success_fence() -> dict[str, Any]:
+    """Return the parameters with which a job's last statement records its success.
+
+    A job whose work ends in one statement can mark its ledger row succeeded
+    in that statement (``models.jobs.SUCCEED_CTE``), which saves the ledger
+    its own transaction and makes the work and its record commit together.
+    The job then calls ``note_success_recorded`` with what the statement
+    returned. Outside a job the job id is None and the statement updates no
+    ledger row.
+    """
+    run = current_run()
+    if run is None or run.job_id is None:
+        return {"job_id": None, "attempt": 0}
+    return {"job_id": run.job_id, "attempt": run.attempt}
+
+
+def note_success_recorded(recorded: bool) -> None:
+    """Tell the ledger middleware whether the job's statement recorded its success."""
+    run = current_run()
+    if run is None:
+        return
+    if not recorded:
+        logger.warning(
+            "outcome succeeded not recorded: a newer attempt took the job over"
+        )
+    # Either way nothing is left to record: the row is succeeded, or it belongs
+    # to the newer attempt.
+    run.success_recorded = True
 
 
 class LedgerMiddleware(Middleware):
@@ -208,6 +241,14 @@ class LedgerMiddleware(Middleware):
         *,
         exception: BaseException | None,
     ) -> None:
+        if run.success_recorded:
+            if exception is not None:
+                logger.error(
+                    "job raised after its success was recorded: %s: %s",
+                    type(exception).__name__,
+                    exception,
+                )
+            return
         if exception is None:
             self._record(run, JobStatus.SUCCEEDED, result=run.result)
             logger.debug("job succeeded")

@@ -510,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from devservers.stripe_server import StripeTestServer
 
-    stripe_server = StripeTestServer().start()
+    # Kept-alive connections, as with Stripe's API, so that neither side pays
+    # for a new connection per request.
+    stripe_server = StripeTestServer(keep_alive=True).start()
     apply_environment(bench_environment(stripe_api_base=stripe_server.url))
 
     from actors.billing import previous_month

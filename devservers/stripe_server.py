@@ -47,6 +47,11 @@ optional ``match`` (``{"payment_method": ...}`` or ``{"idempotency_key_prefix":
 ``GET /_test/payment_intents`` returns ``{"data": [succeeded], "declined":
 [declined], "requests": POST count}``. ``POST /_test/reset`` clears everything.
 
+Connections close after each response (HTTP/1.0), so a test that stops the
+server leaves no connection open. ``StripeTestServer(keep_alive=True)`` keeps
+them open for further requests (HTTP/1.1), as Stripe's API does, so that a
+benchmark does not pay for a new connection per request.
+
 Run ``python -m devservers.stripe_server --port N``. It prints its URL and stops on
 SIGTERM or SIGINT.
 """
@@ -307,6 +312,7 @@ def _charge(state: _State, parameters: Parameters) -> Response:
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.0 closes each connection after its response, so stop() leaves no
     # kept-alive connection served by a handler thread.
+    protocol_version = "HTTP/1.0"
     server_version = "vetqueue-stripe-test"
     server: _Server
 
@@ -553,14 +559,23 @@ def _fault_error(status: int) -> Response:
     return _error(status, "An unknown error occurred.", type="api_error")
 
 
+class _KeepAliveHandler(_Handler):
+    # Every response carries Content-Length, so HTTP/1.1 can keep the
+    # connection open for the client's next request. The body is written after
+    # the headers, and without TCP_NODELAY it would wait for the client's
+    # delayed ACK of them (about 40 ms) on a kept-alive connection.
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # socketserver's default listen backlog of 5 overflows when 50 clients connect
     # at once.
     request_queue_size = 128
 
-    def __init__(self, port: int) -> None:
-        super().__init__((HOST, port), _Handler)
+    def __init__(self, port: int, *, keep_alive: bool = False) -> None:
+        super().__init__((HOST, port), _KeepAliveHandler if keep_alive else _Handler)
         self.state = _State()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -572,8 +587,9 @@ class _Server(ThreadingHTTPServer):
 class StripeTestServer:
     """Stripe test server on 127.0.0.1, served by a daemon thread of this process."""
 
-    def __init__(self, *, port: int = 0) -> None:
+    def __init__(self, *, port: int = 0, keep_alive: bool = False) -> None:
         self._port = port
+        self._keep_alive = keep_alive
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -581,7 +597,7 @@ class StripeTestServer:
         """Bind the port and serve from a daemon thread."""
         if self._server is not None:
             raise RuntimeError(f"StripeTestServer is already running on {self.url}")
-        self._server = _Server(self._port)
+        self._server = _Server(self._port, keep_alive=self._keep_alive)
         # A short poll interval lets stop() return within about 50 ms.
         self._thread = threading.Thread(
             target=self._server.serve_forever,

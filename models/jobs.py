@@ -256,6 +256,32 @@ FINISH_SQL = """
 """
 
 
+def succeed_cte(result_sql: str, *, condition_sql: str = "true") -> str:
+    """Return a CTE named ``succeeded_job`` that marks the running job succeeded.
+
+    A job whose work ends in one statement adds it to that statement, so that
+    the work and its ledger record commit together (see
+    ``actors.middleware.success_fence``). ``result_sql`` is the SQL expression
+    of the job's result, as jsonb. The statement binds ``:job_id`` and
+    ``:attempt``; the CTE returns the job id if it recorded the success, and
+    no row if a newer attempt owns the job, ``:job_id`` is NULL or
+    ``condition_sql`` is false.
+    """
+    return f"""
+    succeeded_job AS (
+        UPDATE jobs SET
+            status = 'succeeded',
+            lease_expires_at = NULL,
+            last_error = NULL,
+            finished_at = now(),
+            updated_at = now(),
+            result = {result_sql}
+        WHERE id = :job_id AND attempts = :attempt AND status = 'running'
+          AND ({condition_sql})
+        RETURNING id
+    )"""
+
+
 def _core(session: Session | Connection) -> Connection:
     return session.connection() if isinstance(session, Session) else session
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -334,6 +336,66 @@ def test_concurrent_creates_all_succeed(
     assert len({intent.id for intent in intents}) == 60
     assert len(server.payment_intents()) == 60
     assert server.request_count == 60
+
+
+def post_intent(connection: http.client.HTTPConnection, key: str) -> tuple[int, int]:
+    """POST a PaymentIntent on ``connection``; return the status and HTTP version."""
+    body = urllib.parse.urlencode(
+        {
+            "amount": 4200,
+            "currency": "eur",
+            "customer": "cus_test",
+            "payment_method": "pm_card_visa",
+            "confirm": "true",
+        }
+    )
+    headers = {
+        "Authorization": f"Bearer {API_KEY}",
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Idempotency-Key": key,
+    }
+    connection.request("POST", "/v1/payment_intents", body=body, headers=headers)
+    response = connection.getresponse()
+    response.read()
+    return response.status, response.version
+
+
+def test_keep_alive_server_serves_requests_on_one_connection():
+    with StripeTestServer(keep_alive=True) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        first = post_intent(connection, "keep-alive-1")
+        sock = connection.sock
+        second = post_intent(connection, "keep-alive-2")
+
+        assert first == (200, 11)
+        assert second == (200, 11)
+        assert connection.sock is sock, "the second request opened a new connection"
+        assert len(running.payment_intents()) == 2
+        connection.close()
+
+
+def test_default_server_closes_each_connection(server: StripeTestServer):
+    port = int(server.url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+
+    status, version = post_intent(connection, "close-1")
+
+    assert (status, version) == (200, 10)
+    assert connection.sock is None, "the server kept an HTTP/1.0 connection open"
+
+
+def test_keep_alive_drop_after_charge_closes_connection():
+    with StripeTestServer(keep_alive=True) as running:
+        running.add_faults([{"kind": "drop_after_charge"}])
+        client = make_client(running.url)
+
+        with pytest.raises(stripe.APIConnectionError):
+            create(client, key="drop-keep-alive")
+        replayed = create(client, key="drop-keep-alive")
+
+        [charged] = running.payment_intents()
+        assert replayed.id == charged["id"]
 
 
 def test_cli_server_controlled_over_http():

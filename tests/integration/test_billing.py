@@ -1,0 +1,182 @@
+"""bill_tenant's single statement, and jobs that record their own success."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import select, update
+
+from actors import middleware
+from actors.billing import BillTenantParams, bill_tenant
+from actors.ledger import enqueue
+from infra.db import transaction
+from models.billing import ChargeAttempt
+from models.jobs import Job, JobStatus
+from models.tenants import Tenant
+from tests.conftest import wait_for
+from tests.factories import all_jobs_finished, create_tenants, get_job, invoices
+
+
+def test_charge_job_matches_what_enqueue_would_create(broker):
+    [tenant_id] = create_tenants(1)
+
+    result = bill_tenant(BillTenantParams(tenant_id=tenant_id, period="2026-10"))
+
+    [invoice] = invoices()
+    assert result == {"invoice_id": invoice.id, "created": True}
+    # The statement builds the charge job's key and params in SQL. Enqueueing
+    # the same charge through the ledger must find that job, not conflict.
+    again = enqueue("charge_invoice", {"invoice_id": invoice.id, "attempt_number": 1})
+    assert not again.created
+    assert again.job.dedup_key == f"charge-invoice:{invoice.id}:1"
+    assert again.job.queue == "charges"
+    assert again.job.tenant_id == tenant_id
+    assert again.job.status == JobStatus.ENQUEUED
+
+
+def test_rerun_finds_the_invoice_and_the_charge_job(broker):
+    [tenant_id] = create_tenants(1)
+    params = BillTenantParams(tenant_id=tenant_id, period="2026-10")
+
+    first = bill_tenant(params)
+    second = bill_tenant(params)
+
+    assert second == {"invoice_id": first["invoice_id"], "created": False}
+    with transaction() as session:
+        charge_jobs = session.scalars(
+            select(Job).where(Job.type == "charge_invoice")
+        ).all()
+    assert len(charge_jobs) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "skipped"),
+    [
+        ("delete", "tenant not found"),
+        ("free", "tenant has no paid plan"),
+    ],
+)
+def test_skips_create_nothing(broker, change, skipped):
+    [tenant_id] = create_tenants(1)
+    with transaction() as session:
+        if change == "delete":
+            session.delete(session.get(Tenant, tenant_id))
+        else:
+            session.execute(
+                update(Tenant).where(Tenant.id == tenant_id).values(plan_price_cents=0)
+            )
+
+    result = bill_tenant(BillTenantParams(tenant_id=tenant_id, period="2026-10"))
+
+    assert result == {"invoice_id": None, "skipped": skipped}
+    assert invoices() == []
+    with transaction() as session:
+        assert session.scalars(select(Job)).all() == []
+
+
+def test_jobs_record_their_own_success_with_results(worker):
+    [tenant_id] = create_tenants(1)
+
+    enqueue("bill_tenant", {"tenant_id": tenant_id, "period": "2026-10"})
+    wait_for(all_jobs_finished)
+
+    [invoice] = invoices()
+    bill_job = get_job(f"bill-tenant:{tenant_id}:2026-10")
+    charge_job = get_job(f"charge-invoice:{invoice.id}:1")
+    assert bill_job is not None and charge_job is not None
+    assert bill_job.status == JobStatus.SUCCEEDED
+    assert bill_job.result == {"invoice_id": invoice.id, "created": True}
+    assert bill_job.attempts == 1
+    assert bill_job.finished_at is not None
+    assert bill_job.lease_expires_at is None
+    assert charge_job.status == JobStatus.SUCCEEDED
+    assert charge_job.result == {
+        "invoice_id": invoice.id,
+        "outcome": "paid",
+        "payment_intent": invoice.stripe_payment_intent_id,
+    }
+
+
+def running_job(dedup_key: str, *, attempts: int) -> uuid.UUID:
+    """Insert a bill_tenant ledger row that a worker runs as attempt ``attempts``."""
+    job_id = uuid.uuid4()
+    with transaction() as session:
+        session.add(
+            Job(
+                id=job_id,
+                type="bill_tenant",
+                params={},
+                dedup_key=dedup_key,
+                queue="billing",
+                status=JobStatus.RUNNING,
+                attempts=attempts,
+                deaths=0,
+            )
+        )
+    return job_id
+
+
+@pytest.fixture
+def run_as():
+    """Make this thread look like a worker running a given attempt of a job."""
+
+    def start(job_id: uuid.UUID, attempt: int) -> middleware.RunContext:
+        run = middleware.RunContext(
+            job_id=job_id, attempt=attempt, message_id=str(job_id)
+        )
+        middleware._local.run = run
+        return run
+
+    yield start
+    middleware._local.run = None
+
+
+def test_current_attempt_records_success_in_its_statement(broker, run_as):
+    [tenant_id] = create_tenants(1)
+    job_id = running_job("bill-tenant:current", attempts=2)
+    run = run_as(job_id, 2)
+
+    result = bill_tenant(BillTenantParams(tenant_id=tenant_id, period="2026-10"))
+
+    assert run.success_recorded
+    with transaction() as session:
+        job = session.get(Job, job_id)
+        assert job.status == JobStatus.SUCCEEDED
+        assert job.result == result
+
+
+def test_fenced_out_attempt_records_nothing(broker, run_as, caplog):
+    [tenant_id] = create_tenants(1)
+    job_id = running_job("bill-tenant:taken-over", attempts=3)
+    # Attempt 2 lost its lease and attempt 3 took the job over.
+    run = run_as(job_id, 2)
+
+    result = bill_tenant(BillTenantParams(tenant_id=tenant_id, period="2026-10"))
+
+    # The work is idempotent and commits; the ledger row stays with attempt 3.
+    assert result["created"] is True
+    assert run.success_recorded
+    assert "newer attempt took the job over" in caplog.text
+    with transaction() as session:
+        job = session.get(Job, job_id)
+        assert job.status == JobStatus.RUNNING
+        assert job.attempts == 3
+        assert job.result is None
+
+
+def test_failed_charge_statement_leaves_job_to_the_middleware(worker):
+    """A decline is recorded by the middleware, not by the success statement."""
+    [tenant_id] = create_tenants(1, payment_methods=["pm_card_chargeDeclined"])
+
+    enqueue("bill_tenant", {"tenant_id": tenant_id, "period": "2026-10"})
+    wait_for(all_jobs_finished)
+
+    [invoice] = invoices()
+    charge_job = get_job(f"charge-invoice:{invoice.id}:1")
+    assert charge_job is not None
+    assert charge_job.status == JobStatus.SUCCEEDED
+    assert charge_job.result["outcome"] == "declined"
+    with transaction() as session:
+        [attempt] = session.scalars(select(ChargeAttempt)).all()
+    assert attempt.outcome.value == "declined"
