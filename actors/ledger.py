@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from actors.errors import InvalidJobParams, UnknownJobType
 from actors.registry import JOB_TYPES, JobParams, JobType
 from infra.db import transaction
-from models.jobs import Job, NewJob, insert_jobs
+from models.jobs import Job, JobRecord, NewJob, insert_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 class Enqueued:
     """A job returned by enqueue, and whether this call created it."""
 
-    job: Job
+    job: JobRecord
     created: bool
 
 
@@ -126,7 +126,7 @@ def _new_job(job_type: JobType, request: JobRequest) -> NewJob:
     )
 
 
-def _send_after_commit(session: Session, jobs: list[Job]) -> None:
+def _send_after_commit(session: Session, jobs: list[JobRecord]) -> None:
     if not jobs:
         return
     pending = session.info.setdefault("vetqueue_unsent_jobs", [])
@@ -149,7 +149,7 @@ def _drop_pending(session: Session) -> None:
         event.remove(session, "after_commit", _send_pending)
 
 
-def build_message(job: Job) -> dramatiq.Message:
+def build_message(job: Job | JobRecord) -> dramatiq.Message:
     return dramatiq.Message(
         queue_name=job.queue,
         actor_name=job.type,
@@ -161,7 +161,7 @@ def build_message(job: Job) -> dramatiq.Message:
     )
 
 
-def send_messages(jobs: Iterable[Job]) -> int:
+def send_messages(jobs: Iterable[Job | JobRecord]) -> int:
     """Send one message per job and return how many were sent.
 
     A send that fails is logged, not raised: the job is safe in the ledger and

@@ -103,33 +103,69 @@ class Job(Base):
     )
 
     def to_dict(self) -> dict[str, Any]:
-        def iso(value: dt.datetime | None) -> str | None:
-            return value.isoformat() if value else None
+        return job_to_dict(self)
 
-        return {
-            "id": str(self.id),
-            "type": self.type,
-            "params": self.params,
-            "dedup_key": self.dedup_key,
-            "queue": self.queue,
-            "tenant_id": self.tenant_id,
-            "status": self.status.value,
-            "attempts": self.attempts,
-            "last_error": self.last_error,
-            "result": self.result,
-            "created_at": iso(self.created_at),
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "next_attempt_at": iso(self.next_attempt_at)
-            if self.status in PENDING_STATUSES
-            else None,
-        }
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A ledger row as plain values, outside any session.
+
+    Enqueueing returns these rather than Job objects: building ORM objects
+    for a page of 500 new jobs cost more CPU than inserting them.
+    """
+
+    id: uuid.UUID
+    type: str
+    params: dict[str, Any]
+    dedup_key: str
+    queue: str
+    tenant_id: int | None
+    status: JobStatus
+    attempts: int
+    deaths: int
+    lease_expires_at: dt.datetime | None
+    next_attempt_at: dt.datetime
+    last_error: str | None
+    result: dict[str, Any] | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    updated_at: dt.datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return job_to_dict(self)
+
+
+def job_to_dict(job: Job | JobRecord) -> dict[str, Any]:
+    """Return a job as the API shows it."""
+
+    def iso(value: dt.datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": str(job.id),
+        "type": job.type,
+        "params": job.params,
+        "dedup_key": job.dedup_key,
+        "queue": job.queue,
+        "tenant_id": job.tenant_id,
+        "status": job.status.value,
+        "attempts": job.attempts,
+        "last_error": job.last_error,
+        "result": job.result,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "next_attempt_at": iso(job.next_attempt_at)
+        if job.status in PENDING_STATUSES
+        else None,
+    }
 
 
 class DedupKeyConflict(Exception):
     """The dedup key belongs to a job of another type or with other params."""
 
-    def __init__(self, existing: Job) -> None:
+    def __init__(self, existing: JobRecord) -> None:
         super().__init__(
             f"dedup key {existing.dedup_key!r} is already used by job {existing.id} "
             f"of type {existing.type!r} with different params; "
@@ -170,12 +206,12 @@ INSERT_JOBS = text(
 ).columns(*Job.__table__.c)
 
 
-def insert_jobs(session: Session, new_jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+def insert_jobs(
+    session: Session | Connection, new_jobs: Sequence[NewJob]
+) -> list[tuple[JobRecord, bool]]:
     """Insert jobs whose dedup keys are new and return each job with a created flag.
 
-    A created job is returned detached from the session, so changing its
-    attributes changes nothing in the database. A key that exists returns the
-    existing job, after a check that it has the
+    A key that exists returns the existing job, after a check that it has the
     same type and params. ``INSERT ... ON CONFLICT DO NOTHING`` makes concurrent
     inserts of one key wait for each other instead of failing, so no caller
     sees a unique violation. Raises DedupKeyConflict on a mismatch.
@@ -183,8 +219,6 @@ def insert_jobs(session: Session, new_jobs: Sequence[NewJob]) -> list[tuple[Job,
     if not new_jobs:
         return []
 
-    # The new rows come back as plain rows and become Job objects outside the
-    # session: loading them into it cost more CPU than the insert itself.
     rows = session.execute(
         INSERT_JOBS,
         {
@@ -196,12 +230,13 @@ def insert_jobs(session: Session, new_jobs: Sequence[NewJob]) -> list[tuple[Job,
             "tenant_ids": [new.tenant_id for new in new_jobs],
         },
     )
-    inserted = [Job(**row._mapping) for row in rows]
-    by_key = {job.dedup_key: job for job in inserted}
+    by_key = {row.dedup_key: JobRecord(**row._mapping) for row in rows}
     existing_keys = {new.dedup_key for new in new_jobs if new.dedup_key not in by_key}
     if existing_keys:
-        existing = session.scalars(select(Job).where(Job.dedup_key.in_(existing_keys)))
-        by_key.update({job.dedup_key: job for job in existing})
+        existing = session.execute(
+            select(*Job.__table__.c).where(Job.dedup_key.in_(existing_keys))
+        )
+        by_key.update({row.dedup_key: JobRecord(**row._mapping) for row in existing})
 
     results = []
     for new in new_jobs:
