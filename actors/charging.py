@@ -19,7 +19,7 @@ from typing import Any
 
 import stripe
 from pydantic import Field
-from sqlalchemy import Connection, Row, bindparam, func, select, text, update
+from sqlalchemy import Connection, Row, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.orm import Session
 
@@ -28,7 +28,7 @@ from actors.ledger import JobRequest, enqueue_many
 from actors.middleware import note_success_recorded, success_fence
 from actors.registry import JobParams, job_type
 from actors.stripe_calls import call_stripe
-from infra.db import autocommit, connection, transaction
+from infra.db import autocommit, transaction
 from infra.settings import Settings, get_settings
 from infra.stripe_client import get_stripe
 from models.billing import ChargeAttempt, ChargeOutcome, InvoiceStatus, PlatformInvoice
@@ -138,7 +138,7 @@ def _charge_time_limit_ms(settings: Settings) -> int:
 )
 def charge_invoice(params: ChargeInvoiceParams) -> dict[str, Any]:
     """Charge one invoice once for one attempt of its dunning sequence."""
-    with connection() as conn:
+    with autocommit() as conn:
         pending = _open_attempt(conn, params)
     if not isinstance(pending, PendingCharge):
         return pending
@@ -162,125 +162,127 @@ def charge_invoice(params: ChargeInvoiceParams) -> dict[str, Any]:
     return _record_success(pending, intent)
 
 
-# Opening an attempt runs on every charge, so its two statements are plain
-# SQL built once: building them with the ORM on every call cost more CPU
-# than running them.
-READ_INVOICE_FOR_CHARGE = text(
+# Opening an attempt runs on every charge, so it is one statement of plain
+# SQL, built once and committed on its own. It locks and reads the invoice
+# with its tenant's payment details and the attempt with this number, if one
+# was opened before. With no such attempt it opens one if the charge is due
+# and the tenant has a card, or marks the invoice as waiting for a card if it
+# is due and the tenant has none. Python then reads the outcome from the row.
+OPEN_ATTEMPT = text(
     """
-    SELECT i.id, i.tenant_id, i.status, i.attempt_count,
-           i.awaiting_payment_method, i.next_attempt_at, i.amount_due_cents,
-           i.currency, t.stripe_customer_id, t.stripe_payment_method_id,
-           a.id AS attempt_id, a.outcome AS attempt_outcome,
-           a.idempotency_key AS attempt_key,
-           a.amount_cents AS attempt_amount_cents,
-           a.currency AS attempt_currency
-    FROM platform_invoices AS i
-    JOIN tenants AS t ON t.id = i.tenant_id
-    LEFT JOIN charge_attempts AS a
-        ON a.invoice_id = i.id AND a.attempt_number = :attempt_number
-    WHERE i.id = :invoice_id
-    FOR UPDATE OF i
-    """
-)
-
-INSERT_ATTEMPT = text(
-    """
-    WITH attempt AS (
+    WITH invoice AS (
+        SELECT i.id, i.tenant_id, i.status, i.attempt_count,
+               i.awaiting_payment_method, i.next_attempt_at,
+               i.amount_due_cents, i.currency,
+               t.stripe_customer_id, t.stripe_payment_method_id,
+               (i.status NOT IN ('paid', 'uncollectible')
+                AND i.attempt_count + 1 = :attempt_number
+                AND NOT i.awaiting_payment_method
+                AND (i.next_attempt_at IS NULL OR i.next_attempt_at <= now()))
+                   AS due,
+               (coalesce(t.stripe_customer_id, '') <> ''
+                AND coalesce(t.stripe_payment_method_id, '') <> '') AS has_card
+        FROM platform_invoices AS i
+        JOIN tenants AS t ON t.id = i.tenant_id
+        WHERE i.id = :invoice_id
+        FOR UPDATE OF i
+    ), earlier AS (
+        SELECT id, outcome, idempotency_key, amount_cents, currency
+        FROM charge_attempts
+        WHERE invoice_id = :invoice_id AND attempt_number = :attempt_number
+    ), opened AS (
         INSERT INTO charge_attempts
             (invoice_id, attempt_number, idempotency_key, amount_cents,
              currency, outcome)
-        VALUES (:invoice_id, :attempt_number, :key, :amount_cents, :currency,
-                'pending')
+        SELECT id, :attempt_number, :key, amount_due_cents, currency, 'pending'
+        FROM invoice
+        WHERE due AND has_card AND NOT EXISTS (SELECT 1 FROM earlier)
         RETURNING id, idempotency_key, amount_cents, currency
     ), counted AS (
         UPDATE platform_invoices
         SET attempt_count = :attempt_number, updated_at = now()
+        WHERE id = :invoice_id AND EXISTS (SELECT 1 FROM opened)
+    ), parked AS (
+        UPDATE platform_invoices
+        SET awaiting_payment_method = true, next_attempt_at = NULL,
+            updated_at = now()
         WHERE id = :invoice_id
+          AND EXISTS (SELECT 1 FROM invoice WHERE due AND NOT has_card)
+          AND NOT EXISTS (SELECT 1 FROM earlier)
     )
-    SELECT id, idempotency_key, amount_cents, currency FROM attempt
+    SELECT invoice.*,
+           earlier.id AS attempt_id, earlier.outcome AS attempt_outcome,
+           earlier.idempotency_key AS attempt_key,
+           earlier.amount_cents AS attempt_amount_cents,
+           earlier.currency AS attempt_currency,
+           opened.id AS opened_id, opened.idempotency_key AS opened_key,
+           opened.amount_cents AS opened_amount_cents,
+           opened.currency AS opened_currency
+    FROM invoice
+    LEFT JOIN earlier ON true
+    LEFT JOIN opened ON true
     """
 )
 
 
 def _open_attempt(
-    conn: Connection, params: ChargeInvoiceParams
+    conn: Connection | Session, params: ChargeInvoiceParams
 ) -> PendingCharge | dict[str, Any]:
-    """Return the attempt to send, reusing a pending one, or a result saying why not.
-
-    Core statements rather than ORM objects: this runs once per charge, and
-    the ORM's unit of work cost more CPU than the queries themselves.
-    """
-    # One round trip reads the invoice (locked), its tenant's payment details
-    # and the attempt with this number, if one was opened before.
-    invoice = conn.execute(
-        READ_INVOICE_FOR_CHARGE,
-        {"invoice_id": params.invoice_id, "attempt_number": params.attempt_number},
-    ).first()
-    if invoice is None:
-        raise PermanentJobError(f"platform invoice {params.invoice_id} not found")
-    if invoice.status in (InvoiceStatus.PAID, InvoiceStatus.UNCOLLECTIBLE):
-        return {"invoice_id": invoice.id, "skipped": f"invoice is {invoice.status}"}
-
-    attempt: _PendingAttempt | Row | None = None
-    if invoice.attempt_id is not None:
-        if invoice.attempt_outcome != ChargeOutcome.PENDING:
-            return {
-                "invoice_id": invoice.id,
-                "skipped": f"attempt {params.attempt_number} already "
-                f"{invoice.attempt_outcome}",
-            }
-        attempt = _PendingAttempt(
-            id=invoice.attempt_id,
-            idempotency_key=invoice.attempt_key,
-            amount_cents=invoice.attempt_amount_cents,
-            currency=invoice.attempt_currency,
-        )
-
-    if attempt is None:
-        reason_not_due = _why_not_due(invoice, params.attempt_number)
-        if reason_not_due:
-            return {"invoice_id": invoice.id, "skipped": reason_not_due}
-        if not (invoice.stripe_customer_id and invoice.stripe_payment_method_id):
-            conn.execute(
-                update(PlatformInvoice)
-                .where(PlatformInvoice.id == invoice.id)
-                .values(awaiting_payment_method=True, next_attempt_at=None)
-            )
-            return {"invoice_id": invoice.id, "skipped": "tenant has no payment method"}
-        attempt = _insert_attempt(conn, invoice, params.attempt_number)
-
-    return PendingCharge(
-        attempt_id=attempt.id,
-        invoice_id=invoice.id,
-        tenant_id=invoice.tenant_id,
-        attempt_number=params.attempt_number,
-        key=attempt.idempotency_key,
-        amount_cents=attempt.amount_cents,
-        currency=attempt.currency,
-        customer=invoice.stripe_customer_id or "",
-        payment_method=invoice.stripe_payment_method_id or "",
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class _PendingAttempt:
-    id: int
-    idempotency_key: str
-    amount_cents: int
-    currency: str
-
-
-def _insert_attempt(conn: Connection, invoice: Row, attempt_number: int) -> Row:
-    return conn.execute(
-        INSERT_ATTEMPT,
+    """Return the attempt to send, reusing a pending one, or a result saying why not."""
+    row = conn.execute(
+        OPEN_ATTEMPT,
         {
-            "invoice_id": invoice.id,
-            "attempt_number": attempt_number,
-            "key": idempotency_key(invoice.id, attempt_number),
-            "amount_cents": invoice.amount_due_cents,
-            "currency": invoice.currency,
+            "invoice_id": params.invoice_id,
+            "attempt_number": params.attempt_number,
+            "key": idempotency_key(params.invoice_id, params.attempt_number),
         },
-    ).one()
+    ).first()
+    if row is None:
+        raise PermanentJobError(f"platform invoice {params.invoice_id} not found")
+    if row.status in (InvoiceStatus.PAID, InvoiceStatus.UNCOLLECTIBLE):
+        return {"invoice_id": row.id, "skipped": f"invoice is {row.status}"}
+
+    if row.attempt_id is not None:
+        if row.attempt_outcome != ChargeOutcome.PENDING:
+            return {
+                "invoice_id": row.id,
+                "skipped": f"attempt {params.attempt_number} already "
+                f"{row.attempt_outcome}",
+            }
+        attempt = (
+            row.attempt_id,
+            row.attempt_key,
+            row.attempt_amount_cents,
+            row.attempt_currency,
+        )
+    elif row.opened_id is not None:
+        attempt = (
+            row.opened_id,
+            row.opened_key,
+            row.opened_amount_cents,
+            row.opened_currency,
+        )
+    elif not row.due:
+        reason = _why_not_due(row, params.attempt_number)
+        return {
+            "invoice_id": row.id,
+            "skipped": reason or "next attempt is not due yet by the database clock",
+        }
+    else:
+        return {"invoice_id": row.id, "skipped": "tenant has no payment method"}
+
+    attempt_id, key, amount_cents, currency = attempt
+    return PendingCharge(
+        attempt_id=attempt_id,
+        invoice_id=row.id,
+        tenant_id=row.tenant_id,
+        attempt_number=params.attempt_number,
+        key=key,
+        amount_cents=amount_cents,
+        currency=currency,
+        customer=row.stripe_customer_id or "",
+        payment_method=row.stripe_payment_method_id or "",
+    )
 
 
 def _why_not_due(invoice: Row, attempt_number: int) -> str | None:

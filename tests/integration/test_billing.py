@@ -1,7 +1,9 @@
-"""bill_tenant's single statement, and jobs that record their own success."""
+"""The single statements of bill_tenant and charge_invoice, and jobs that record
+their own success."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 import pytest
@@ -9,9 +11,11 @@ from sqlalchemy import select, update
 
 from actors import middleware
 from actors.billing import BillTenantParams, bill_tenant
+from actors.charging import ChargeInvoiceParams, charge_invoice, idempotency_key
+from actors.errors import PermanentJobError
 from actors.ledger import enqueue
 from infra.db import transaction
-from models.billing import ChargeAttempt
+from models.billing import ChargeAttempt, ChargeOutcome, InvoiceStatus, PlatformInvoice
 from models.jobs import Job, JobStatus
 from models.tenants import Tenant
 from tests.conftest import wait_for
@@ -180,3 +184,119 @@ def test_failed_charge_statement_leaves_job_to_the_middleware(worker):
     with transaction() as session:
         [attempt] = session.scalars(select(ChargeAttempt)).all()
     assert attempt.outcome.value == "declined"
+
+
+def billed_invoice(**tenant_values) -> int:
+    """Bill one new tenant directly and return the invoice id; no job is run."""
+    [tenant_id] = create_tenants(1)
+    if tenant_values:
+        with transaction() as session:
+            session.execute(
+                update(Tenant).where(Tenant.id == tenant_id).values(**tenant_values)
+            )
+    return bill_tenant(BillTenantParams(tenant_id=tenant_id, period="2026-10"))[
+        "invoice_id"
+    ]
+
+
+def set_invoice(invoice_id: int, **values) -> None:
+    with transaction() as session:
+        session.execute(
+            update(PlatformInvoice)
+            .where(PlatformInvoice.id == invoice_id)
+            .values(**values)
+        )
+
+
+def charge(invoice_id: int, attempt_number: int = 1) -> dict:
+    return charge_invoice(
+        ChargeInvoiceParams(invoice_id=invoice_id, attempt_number=attempt_number)
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "attempt_number", "skipped"),
+    [
+        ({"status": InvoiceStatus.PAID}, 1, "invoice is paid"),
+        ({"status": InvoiceStatus.UNCOLLECTIBLE}, 1, "invoice is uncollectible"),
+        ({}, 2, "attempt 2 is not next; 0 attempts were made"),
+        (
+            {"awaiting_payment_method": True},
+            1,
+            "invoice is waiting for a new payment method",
+        ),
+    ],
+)
+def test_charge_not_due_sends_nothing(
+    broker, stripe_server, values, attempt_number, skipped
+):
+    invoice_id = billed_invoice()
+    set_invoice(invoice_id, **values)
+
+    result = charge(invoice_id, attempt_number)
+
+    assert result == {"invoice_id": invoice_id, "skipped": skipped}
+    assert stripe_server.request_count == 0
+    with transaction() as session:
+        assert session.scalars(select(ChargeAttempt)).all() == []
+
+
+def test_charge_before_next_attempt_time_sends_nothing(broker, stripe_server):
+    invoice_id = billed_invoice()
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    set_invoice(invoice_id, next_attempt_at=later)
+
+    result = charge(invoice_id)
+
+    assert result["skipped"].startswith("next attempt is due at ")
+    assert stripe_server.request_count == 0
+
+
+def test_charge_without_card_waits_for_one(broker, stripe_server):
+    invoice_id = billed_invoice(stripe_payment_method_id=None)
+
+    result = charge(invoice_id)
+
+    assert result == {
+        "invoice_id": invoice_id,
+        "skipped": "tenant has no payment method",
+    }
+    assert stripe_server.request_count == 0
+    with transaction() as session:
+        invoice = session.get(PlatformInvoice, invoice_id)
+        assert invoice.awaiting_payment_method is True
+        assert invoice.next_attempt_at is None
+        assert invoice.attempt_count == 0
+
+
+def test_charge_reuses_pending_attempt_and_skips_finished_one(broker, stripe_server):
+    invoice_id = billed_invoice()
+    with transaction() as session:
+        session.add(
+            ChargeAttempt(
+                invoice_id=invoice_id,
+                attempt_number=1,
+                idempotency_key=idempotency_key(invoice_id, 1),
+                amount_cents=4900,
+                currency="eur",
+                outcome=ChargeOutcome.PENDING,
+            )
+        )
+    set_invoice(invoice_id, attempt_count=1)
+
+    first = charge(invoice_id)
+    second = charge(invoice_id)
+
+    assert first["outcome"] == "paid"
+    assert second == {"invoice_id": invoice_id, "skipped": "invoice is paid"}
+    [intent] = stripe_server.payment_intents()
+    with transaction() as session:
+        [attempt] = session.scalars(select(ChargeAttempt)).all()
+    assert attempt.outcome == ChargeOutcome.SUCCEEDED
+    assert attempt.stripe_payment_intent_id == intent["id"]
+    assert stripe_server.request_count == 1
+
+
+def test_charge_of_missing_invoice_fails_permanently(broker):
+    with pytest.raises(PermanentJobError, match="platform invoice 424242 not found"):
+        charge(424242)
