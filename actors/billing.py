@@ -9,8 +9,6 @@ import uuid
 from typing import Any
 
 from pydantic import Field, field_validator
-from sqlalchemy import Date, bindparam, text
-from sqlalchemy.dialects.postgresql import UUID
 
 from actors.ledger import (
     JobRequest,
@@ -21,7 +19,7 @@ from actors.ledger import (
 )
 from actors.middleware import note_success_recorded, success_fence
 from actors.registry import JobParams, job_type
-from infra.db import autocommit, transaction
+from infra.db import driver_autocommit, run_sql, transaction
 from infra.settings import get_settings
 from models.jobs import Job, succeed_cte
 from models.tenants import billable_tenant_ids
@@ -149,15 +147,14 @@ def billing_run(params: BillingRunParams) -> dict[str, Any]:
 # unless its dedup key exists, and records the job's own success. The charge
 # job's params and dedup key are those that charge_invoice's params model and
 # natural key give; a test checks that they match.
-BILL_TENANT = text(
-    f"""
+BILL_TENANT = f"""
     WITH tenant AS (
-        SELECT id, plan_price_cents, currency FROM tenants WHERE id = :tenant_id
+        SELECT id, plan_price_cents, currency FROM tenants WHERE id = %(tenant_id)s
     ), inserted AS (
         INSERT INTO platform_invoices
             (tenant_id, period_start, amount_cents, amount_due_cents, currency,
              status, attempt_count, awaiting_payment_method)
-        SELECT id, :period_start, plan_price_cents, plan_price_cents, currency,
+        SELECT id, %(period_start)s, plan_price_cents, plan_price_cents, currency,
                'open', 0, false
         FROM tenant WHERE plan_price_cents > 0
         ON CONFLICT (tenant_id, period_start) DO NOTHING
@@ -166,28 +163,28 @@ BILL_TENANT = text(
         SELECT id, true AS created FROM inserted
         UNION ALL
         SELECT id, false FROM platform_invoices
-        WHERE tenant_id = :tenant_id AND period_start = :period_start
+        WHERE tenant_id = %(tenant_id)s AND period_start = %(period_start)s
           AND NOT EXISTS (SELECT 1 FROM inserted)
           AND EXISTS (SELECT 1 FROM tenant WHERE plan_price_cents > 0)
     ), charge_job AS (
         INSERT INTO jobs
             (id, type, params, dedup_key, queue, tenant_id, status, attempts,
              deaths)
-        SELECT :charge_job_id, :charge_type,
+        SELECT %(charge_job_id)s, %(charge_type)s,
                jsonb_build_object(
                    'invoice_id', id, 'attempt_number', 1, 'due_at', NULL),
-               'charge-invoice:' || id || '\\:1', :charge_queue, :tenant_id,
+               'charge-invoice:' || id || ':1', %(charge_queue)s, %(tenant_id)s,
                'enqueued', 0, 0
         FROM invoice
         ON CONFLICT (dedup_key) DO NOTHING
         RETURNING id, params, dedup_key
     ), {
-        succeed_cte(
-            "(SELECT jsonb_build_object('invoice_id', id, 'created', created)"
-            " FROM invoice)",
-            condition_sql="EXISTS (SELECT 1 FROM invoice)",
-        )
-    }
+    succeed_cte(
+        "(SELECT jsonb_build_object('invoice_id', id, 'created', created)"
+        " FROM invoice)",
+        condition_sql="EXISTS (SELECT 1 FROM invoice)",
+    )
+}
     SELECT tenant.plan_price_cents, invoice.id AS invoice_id, invoice.created,
            charge_job.params AS charge_params,
            charge_job.dedup_key AS charge_dedup_key,
@@ -195,12 +192,7 @@ BILL_TENANT = text(
     FROM tenant
     LEFT JOIN invoice ON true
     LEFT JOIN charge_job ON true
-    """
-).bindparams(
-    bindparam("period_start", type_=Date),
-    bindparam("job_id", type_=UUID(as_uuid=True)),
-    bindparam("charge_job_id", type_=UUID(as_uuid=True)),
-)
+"""
 
 
 @job_type(
@@ -228,12 +220,14 @@ def bill_tenant(params: BillTenantParams) -> dict[str, Any]:
         "charge_queue": charge_type.queue,
         **fence,
     }
-    with autocommit() as conn:
-        row = conn.execute(BILL_TENANT, arguments).first()
+    with driver_autocommit() as conn:
+        rows, _ = run_sql(conn, BILL_TENANT, arguments)
+        row = rows[0] if rows else None
         if row is not None and row.plan_price_cents > 0 and row.invoice_id is None:
             # Another transaction created the invoice after this statement's
             # snapshot was taken. The same statement run again sees it.
-            row = conn.execute(BILL_TENANT, arguments).first()
+            rows, _ = run_sql(conn, BILL_TENANT, arguments)
+            row = rows[0] if rows else None
     if row is None:
         return {"invoice_id": None, "skipped": "tenant not found"}
     if row.plan_price_cents <= 0:

@@ -16,7 +16,7 @@ from dramatiq.middleware import Retries
 from actors.errors import Defer, LedgerUnavailable, MalformedMessage, PermanentJobError
 from actors.middleware import LedgerMiddleware, current_run
 from actors.registry import JOB_TYPES, JobType, load_job_modules
-from infra.db import transaction
+from infra.db import driver_autocommit
 from infra.settings import Settings, get_settings
 from models.jobs import JobStatus, finish
 
@@ -98,9 +98,9 @@ def _defer(job_type: JobType, kwargs: dict[str, Any], deferral: Defer) -> None:
     run = current_run()
     assert run is not None
     delay_ms = max(1, int(deferral.delay_s * 1000))
-    with transaction() as session:
+    with driver_autocommit() as conn:
         recorded = finish(
-            session,
+            conn,
             job_id=run.job_id,
             attempt=run.attempt,
             status=JobStatus.ENQUEUED,

@@ -19,8 +19,8 @@ from typing import Any
 
 import stripe
 from pydantic import Field
-from sqlalchemy import Connection, Row, bindparam, func, select, text
-from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy import Row, func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from actors.errors import PermanentJobError
@@ -28,11 +28,11 @@ from actors.ledger import JobRequest, enqueue_many
 from actors.middleware import note_success_recorded, success_fence
 from actors.registry import JobParams, job_type
 from actors.stripe_calls import call_stripe
-from infra.db import autocommit, transaction
+from infra.db import driver_autocommit, run_sql, transaction
 from infra.settings import Settings, get_settings
 from infra.stripe_client import get_stripe
 from models.billing import ChargeAttempt, ChargeOutcome, InvoiceStatus, PlatformInvoice
-from models.jobs import succeed_cte
+from models.jobs import SqlTarget, succeed_cte
 from models.notifications import Notification
 from models.tenants import Tenant, TenantStatus
 
@@ -138,7 +138,7 @@ def _charge_time_limit_ms(settings: Settings) -> int:
 )
 def charge_invoice(params: ChargeInvoiceParams) -> dict[str, Any]:
     """Charge one invoice once for one attempt of its dunning sequence."""
-    with autocommit() as conn:
+    with driver_autocommit() as conn:
         pending = _open_attempt(conn, params)
     if not isinstance(pending, PendingCharge):
         return pending
@@ -168,15 +168,14 @@ def charge_invoice(params: ChargeInvoiceParams) -> dict[str, Any]:
 # was opened before. With no such attempt it opens one if the charge is due
 # and the tenant has a card, or marks the invoice as waiting for a card if it
 # is due and the tenant has none. Python then reads the outcome from the row.
-OPEN_ATTEMPT = text(
-    """
+OPEN_ATTEMPT = """
     WITH invoice AS (
         SELECT i.id, i.tenant_id, i.status, i.attempt_count,
                i.awaiting_payment_method, i.next_attempt_at,
                i.amount_due_cents, i.currency,
                t.stripe_customer_id, t.stripe_payment_method_id,
                (i.status NOT IN ('paid', 'uncollectible')
-                AND i.attempt_count + 1 = :attempt_number
+                AND i.attempt_count + 1 = %(attempt_number)s
                 AND NOT i.awaiting_payment_method
                 AND (i.next_attempt_at IS NULL OR i.next_attempt_at <= now()))
                    AS due,
@@ -184,29 +183,29 @@ OPEN_ATTEMPT = text(
                 AND coalesce(t.stripe_payment_method_id, '') <> '') AS has_card
         FROM platform_invoices AS i
         JOIN tenants AS t ON t.id = i.tenant_id
-        WHERE i.id = :invoice_id
+        WHERE i.id = %(invoice_id)s
         FOR UPDATE OF i
     ), earlier AS (
         SELECT id, outcome, idempotency_key, amount_cents, currency
         FROM charge_attempts
-        WHERE invoice_id = :invoice_id AND attempt_number = :attempt_number
+        WHERE invoice_id = %(invoice_id)s AND attempt_number = %(attempt_number)s
     ), opened AS (
         INSERT INTO charge_attempts
             (invoice_id, attempt_number, idempotency_key, amount_cents,
              currency, outcome)
-        SELECT id, :attempt_number, :key, amount_due_cents, currency, 'pending'
+        SELECT id, %(attempt_number)s, %(key)s, amount_due_cents, currency, 'pending'
         FROM invoice
         WHERE due AND has_card AND NOT EXISTS (SELECT 1 FROM earlier)
         RETURNING id, idempotency_key, amount_cents, currency
     ), counted AS (
         UPDATE platform_invoices
-        SET attempt_count = :attempt_number, updated_at = now()
-        WHERE id = :invoice_id AND EXISTS (SELECT 1 FROM opened)
+        SET attempt_count = %(attempt_number)s, updated_at = now()
+        WHERE id = %(invoice_id)s AND EXISTS (SELECT 1 FROM opened)
     ), parked AS (
         UPDATE platform_invoices
         SET awaiting_payment_method = true, next_attempt_at = NULL,
             updated_at = now()
-        WHERE id = :invoice_id
+        WHERE id = %(invoice_id)s
           AND EXISTS (SELECT 1 FROM invoice WHERE due AND NOT has_card)
           AND NOT EXISTS (SELECT 1 FROM earlier)
     )
@@ -221,22 +220,23 @@ OPEN_ATTEMPT = text(
     FROM invoice
     LEFT JOIN earlier ON true
     LEFT JOIN opened ON true
-    """
-)
+"""
 
 
 def _open_attempt(
-    conn: Connection | Session, params: ChargeInvoiceParams
+    target: SqlTarget, params: ChargeInvoiceParams
 ) -> PendingCharge | dict[str, Any]:
     """Return the attempt to send, reusing a pending one, or a result saying why not."""
-    row = conn.execute(
+    rows, _ = run_sql(
+        target,
         OPEN_ATTEMPT,
         {
             "invoice_id": params.invoice_id,
             "attempt_number": params.attempt_number,
             "key": idempotency_key(params.invoice_id, params.attempt_number),
         },
-    ).first()
+    )
+    row = rows[0] if rows else None
     if row is None:
         raise PermanentJobError(f"platform invoice {params.invoice_id} not found")
     if row.status in (InvoiceStatus.PAID, InvoiceStatus.UNCOLLECTIBLE):
@@ -333,30 +333,28 @@ def _lock(
 # recorded the outcome already. The tenant check reads the snapshot from
 # before the statement, which is enough because the invoice being paid was
 # never uncollectible.
-RECORD_SUCCESS = text(
-    f"""
+RECORD_SUCCESS = f"""
     WITH attempt AS (
         UPDATE charge_attempts
-        SET outcome = 'succeeded', stripe_payment_intent_id = :intent_id,
+        SET outcome = 'succeeded', stripe_payment_intent_id = %(intent_id)s,
             finished_at = now()
-        WHERE id = :attempt_id AND outcome = 'pending'
+        WHERE id = %(attempt_id)s AND outcome = 'pending'
     ), invoice AS (
         UPDATE platform_invoices
         SET status = 'paid', amount_due_cents = 0, paid_at = now(),
-            next_attempt_at = NULL, stripe_payment_intent_id = :intent_id,
+            next_attempt_at = NULL, stripe_payment_intent_id = %(intent_id)s,
             updated_at = now()
-        WHERE id = :invoice_id AND status <> 'paid'
+        WHERE id = %(invoice_id)s AND status <> 'paid'
     ), tenant AS (
         UPDATE tenants SET status = 'active', updated_at = now()
-        WHERE id = :tenant_id AND status = 'past_due'
+        WHERE id = %(tenant_id)s AND status = 'past_due'
           AND NOT EXISTS (
               SELECT 1 FROM platform_invoices
-              WHERE tenant_id = :tenant_id AND status = 'uncollectible'
+              WHERE tenant_id = %(tenant_id)s AND status = 'uncollectible'
           )
-    ), {succeed_cte("CAST(:job_result AS jsonb)")}
+    ), {succeed_cte("CAST(%(job_result)s AS jsonb)")}
     SELECT EXISTS (SELECT 1 FROM succeeded_job) AS job_recorded
-    """
-).bindparams(bindparam("job_id", type_=UUID(as_uuid=True)))
+"""
 
 
 def _record_success(
@@ -368,8 +366,9 @@ def _record_success(
         "payment_intent": intent.id,
     }
     fence = success_fence()
-    with autocommit() as conn:
-        job_recorded = conn.execute(
+    with driver_autocommit() as conn:
+        rows, _ = run_sql(
+            conn,
             RECORD_SUCCESS,
             {
                 "intent_id": intent.id,
@@ -379,7 +378,8 @@ def _record_success(
                 "job_result": json.dumps(result),
                 **fence,
             },
-        ).scalar_one()
+        )
+    job_recorded = rows[0].job_recorded
     if fence["job_id"] is not None:
         note_success_recorded(job_recorded)
     logger.info(

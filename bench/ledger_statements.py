@@ -9,8 +9,9 @@ on one thread, one job at a time, and reports the client's CPU time per job
   ORM sessions;
 - the same SQL built with the ORM on every call, with
   ``synchronize_session=False``, as the ledger did before;
-- ``models.jobs.claim`` and ``models.jobs.finish`` on a Core connection, as
-  the ledger middleware runs them.
+- ``models.jobs.claim`` and ``models.jobs.finish`` on a pooled psycopg
+  connection in autocommit (``infra.db.driver_autocommit``), as the ledger
+  middleware runs them.
 
 Run from the repository root: ``python -m bench.ledger_statements [--jobs N]``.
 """
@@ -121,13 +122,13 @@ def run_without_sync(job_ids: list[uuid.UUID]) -> None:
 
 
 def run_prebuilt_sql(job_ids: list[uuid.UUID]) -> None:
-    from infra.db import connection
+    from infra.db import driver_autocommit
     from models.jobs import JobStatus, claim, finish
 
     for job_id in job_ids:
-        with connection() as conn:
+        with driver_autocommit() as conn:
             outcome = claim(conn, job_id=job_id, lease_s=LEASE_S)
-        with connection() as conn:
+        with driver_autocommit() as conn:
             finish(
                 conn, job_id=job_id, attempt=outcome.attempt, status=JobStatus.SUCCEEDED
             )
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [
         ("models.jobs statements, ORM sessions", run_as_written),
         ("ORM statements built per call, no session sync", run_without_sync),
-        ("models.jobs statements, Core connection", run_prebuilt_sql),
+        ("models.jobs statements, driver connection", run_prebuilt_sql),
     ]
     rows = []
     with exclusive_run(), cleanup_on_exit(drop_database):

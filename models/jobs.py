@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     BigInteger,
     Connection,
@@ -38,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from infra.db import run_sql
 from models.base import Base, created_at_column, enum_values
 
 MAX_ERROR_CHARS = 4000
@@ -258,10 +260,10 @@ class Claim:
     reason: str = ""
 
 
-# Every message runs these two statements. They go to the driver as they are
-# (``exec_driver_sql``), with psycopg's parameter style: SQLAlchemy's statement
-# cache lookup and parameter processing cost more client CPU per message than
-# the rest of a no-op job (measured with bench/ledger_statements.py).
+# Every message runs these statements, so they are plain SQL in psycopg's
+# parameter style, run with ``infra.db.run_sql`` on a driver connection:
+# SQLAlchemy's statement and result processing cost more client CPU per
+# message than the rest of a no-op job (bench/ledger_statements.py).
 CLAIM_SQL = """
     UPDATE jobs SET
         status = 'running',
@@ -275,6 +277,8 @@ CLAIM_SQL = """
            OR (status = 'running' AND lease_expires_at < now()))
     RETURNING attempts, deaths
 """
+
+JOB_STATUS_SQL = "SELECT status FROM jobs WHERE id = %(job_id)s"
 
 FINISH_SQL = """
     UPDATE jobs SET
@@ -290,6 +294,8 @@ FINISH_SQL = """
     WHERE id = %(job_id)s AND attempts = %(attempt)s AND status = 'running'
 """
 
+SqlTarget = psycopg.Connection | Connection | Session
+
 
 def succeed_cte(result_sql: str, *, condition_sql: str = "true") -> str:
     """Return a CTE named ``succeeded_job`` that marks the running job succeeded.
@@ -297,9 +303,9 @@ def succeed_cte(result_sql: str, *, condition_sql: str = "true") -> str:
     A job whose work ends in one statement adds it to that statement, so that
     the work and its ledger record commit together (see
     ``actors.middleware.success_fence``). ``result_sql`` is the SQL expression
-    of the job's result, as jsonb. The statement binds ``:job_id`` and
-    ``:attempt``; the CTE returns the job id if it recorded the success, and
-    no row if a newer attempt owns the job, ``:job_id`` is NULL or
+    of the job's result, as jsonb. The statement binds ``%(job_id)s`` and
+    ``%(attempt)s``; the CTE returns the job id if it recorded the success,
+    and no row if a newer attempt owns the job, the job id is NULL or
     ``condition_sql`` is false.
     """
     return f"""
@@ -311,39 +317,33 @@ def succeed_cte(result_sql: str, *, condition_sql: str = "true") -> str:
             finished_at = now(),
             updated_at = now(),
             result = {result_sql}
-        WHERE id = :job_id AND attempts = :attempt AND status = 'running'
+        WHERE id = %(job_id)s AND attempts = %(attempt)s AND status = 'running'
           AND ({condition_sql})
         RETURNING id
     )"""
 
 
-def _core(session: Session | Connection) -> Connection:
-    return session.connection() if isinstance(session, Session) else session
-
-
-def claim(session: Session | Connection, *, job_id: uuid.UUID, lease_s: float) -> Claim:
+def claim(target: SqlTarget, *, job_id: uuid.UUID, lease_s: float) -> Claim:
     """Move a job to ``running`` if no other worker holds it, and take a lease.
 
     A ``running`` row whose lease expired belongs to a worker that died (or
     stalled past its time limit): taking it over counts a death.
     """
-    conn = _core(session)
-    row = conn.exec_driver_sql(
-        CLAIM_SQL, {"job_id": job_id, "lease_s": float(lease_s)}
-    ).first()
-    if row is not None:
-        return Claim(started=True, attempt=row.attempts, deaths=row.deaths)
+    rows, _ = run_sql(target, CLAIM_SQL, {"job_id": job_id, "lease_s": float(lease_s)})
+    if rows:
+        return Claim(started=True, attempt=rows[0].attempts, deaths=rows[0].deaths)
 
-    status = conn.scalar(select(Job.status).where(Job.id == job_id))
-    if status is None:
+    rows, _ = run_sql(target, JOB_STATUS_SQL, {"job_id": job_id})
+    if not rows:
         return Claim(started=False, reason="no ledger row")
+    status = JobStatus(rows[0].status)
     if status == JobStatus.RUNNING:
         return Claim(started=False, reason="running under a live lease")
     return Claim(started=False, reason=f"already {status.value}")
 
 
 def finish(
-    session: Session | Connection,
+    target: SqlTarget,
     *,
     job_id: uuid.UUID,
     attempt: int,
@@ -358,7 +358,8 @@ def finish(
     Returns False when a newer attempt took the job over and fenced this one out.
     """
     finished = status in FINISHED_STATUSES
-    updated = _core(session).exec_driver_sql(
+    _, count = run_sql(
+        target,
         FINISH_SQL,
         {
             "job_id": job_id,
@@ -370,7 +371,7 @@ def finish(
             "next_attempt_at": None if finished else next_attempt_at,
         },
     )
-    return updated.rowcount == 1
+    return count == 1
 
 
 def mark_pending_failed(session: Session, *, job_id: uuid.UUID, error: str) -> bool:

@@ -1,0 +1,70 @@
+"""Pooled driver connections: autocommit is undone, and dead ones are dropped."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from infra import db
+from infra.db import driver_autocommit, run_sql, transaction
+from infra.settings import get_settings
+from tests.conftest import wait_for
+
+
+@pytest.fixture
+def without_pre_ping(database):
+    """Build the engine as worker processes do, and restore it afterwards."""
+    db.disable_pool_pre_ping()
+    yield
+    db._pool_pre_ping = True
+    db.reset_engine()
+
+
+def admin_connection() -> psycopg.Connection:
+    """A connection of its own, outside the pool under test."""
+    url = get_settings().database_url.replace("+psycopg", "", 1)
+    return psycopg.connect(url, autocommit=True)
+
+
+def backend_alive(pid: int) -> bool:
+    with admin_connection() as admin:
+        cursor = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]
+        )
+        return cursor.fetchone()[0] == 1
+
+
+def test_lent_connection_goes_back_to_transactions(without_pre_ping):
+    with driver_autocommit() as conn:
+        lent_pid = conn.info.backend_pid
+        rows, _ = run_sql(conn, "SELECT %(n)s::int + 1 AS total", {"n": 41})
+    assert rows[0].total == 42
+
+    # The pool holds one connection, so the transaction gets the one just lent;
+    # in autocommit, the insert would stay after the rollback.
+    with pytest.raises(RuntimeError), transaction() as session:
+        assert session.connection().connection.driver_connection.autocommit is False
+        assert session.scalar(text("SELECT pg_backend_pid()")) == lent_pid
+        session.execute(text("CREATE TABLE lent_connection_check (id int)"))
+        raise RuntimeError("roll back")
+    with transaction() as session:
+        assert (
+            session.scalar(text("SELECT to_regclass('lent_connection_check')")) is None
+        )
+
+
+def test_connection_killed_by_server_is_dropped(without_pre_ping):
+    with driver_autocommit() as conn:
+        pid = conn.info.backend_pid
+    with admin_connection() as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    wait_for(lambda: not backend_alive(pid))
+
+    with pytest.raises(psycopg.OperationalError), driver_autocommit() as conn:
+        assert conn.info.backend_pid == pid
+        conn.execute("SELECT 1")
+
+    with driver_autocommit() as conn:
+        rows, _ = run_sql(conn, "SELECT pg_backend_pid() AS pid", {})
+    assert rows[0].pid != pid
