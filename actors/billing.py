@@ -141,10 +141,11 @@ def billing_run(params: BillingRunParams) -> dict[str, Any]:
 
 
 # bill_tenant runs once per tenant, so all of its work is one statement of
-# plain SQL, built once and committed on its own. It reads the tenant,
-# creates the invoice unless the tenant has no paid plan (or reads back the
-# one that exists), inserts the ledger row of the invoice's first charge
-# unless its dedup key exists, and records the job's own success. The charge
+# plain SQL, built once and committed on its own. It reads the tenant and
+# creates the invoice, or reads back the one that exists. A tenant with no
+# paid plan gets none. The statement then inserts the ledger row of the
+# invoice's first charge unless its dedup key exists, and records the job's
+# own success. The charge
 # job's params and dedup key are those that charge_invoice's params model and
 # natural key give; a test checks that they match.
 BILL_TENANT = f"""

@@ -49,7 +49,7 @@ def success_fence() -> dict[str, Any]:
     """Return the parameters with which a job's last statement records its success.
 
     A job whose work ends in one statement can mark its ledger row succeeded
-    in that statement (``models.jobs.SUCCEED_CTE``), which saves the ledger
+    in that statement (``models.jobs.succeed_cte``), which saves the ledger
     its own transaction and makes the work and its record commit together.
     The job then calls ``note_success_recorded`` with what the statement
     returned. Outside a job the job id is None and the statement updates no

@@ -24,7 +24,7 @@ def disable_pool_pre_ping() -> None:
     connection several times per message. Workers can do without it: a job
     that meets a connection the server dropped fails and is retried, and
     SQLAlchemy then replaces every pooled connection. The web app keeps the
-    test, so that a request never fails on a connection left over from
+    test, so that a request does not fail on a connection left over from
     before a database restart.
     """
     global _pool_pre_ping

@@ -45,7 +45,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.setLevel(level)
     # The Stripe SDK logs two INFO lines per request, which would double the
-    # log volume of a billing run; the charging code logs each outcome itself.
+    # log volume of a billing run. The charging code logs each outcome itself.
     stripe_level = max(logging.getLevelName(level), logging.WARNING)
     logging.getLogger("stripe").setLevel(stripe_level)
     if any(isinstance(f, ContextFilter) for h in root.handlers for f in h.filters):

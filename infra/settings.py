@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     )
     stripe_proxy_url: str | None = Field(
         None,
-        description="Proxy for Stripe requests; proxy environment variables "
+        description="Proxy for Stripe requests. Proxy environment variables "
         "such as HTTPS_PROXY are not read.",
     )
     stripe_connect_timeout_s: float = Field(3.0, gt=0, le=60)

@@ -304,8 +304,8 @@ def succeed_cte(result_sql: str, *, condition_sql: str = "true") -> str:
     the work and its ledger record commit together (see
     ``actors.middleware.success_fence``). ``result_sql`` is the SQL expression
     of the job's result, as jsonb. The statement binds ``%(job_id)s`` and
-    ``%(attempt)s``; the CTE returns the job id if it recorded the success,
-    and no row if a newer attempt owns the job, the job id is NULL or
+    ``%(attempt)s``. The CTE returns the job id if it recorded the success.
+    It returns no row if a newer attempt owns the job, the job id is NULL or
     ``condition_sql`` is false.
     """
     return f"""

@@ -22,7 +22,7 @@ from tests.conftest import wait_for
 from tests.factories import all_jobs_finished, create_tenants, get_job, invoices
 
 
-def test_charge_job_matches_what_enqueue_would_create(broker):
+def test_charge_job_matches_enqueue(broker):
     [tenant_id] = create_tenants(1)
 
     result = bill_tenant(BillTenantParams(tenant_id=tenant_id, period="2026-10"))
@@ -39,7 +39,7 @@ def test_charge_job_matches_what_enqueue_would_create(broker):
     assert again.job.status == JobStatus.ENQUEUED
 
 
-def test_rerun_finds_the_invoice_and_the_charge_job(broker):
+def test_rerun_finds_invoice_and_charge(broker):
     [tenant_id] = create_tenants(1)
     params = BillTenantParams(tenant_id=tenant_id, period="2026-10")
 
@@ -79,7 +79,7 @@ def test_skips_create_nothing(broker, change, skipped):
         assert session.scalars(select(Job)).all() == []
 
 
-def test_jobs_record_their_own_success_with_results(worker):
+def test_jobs_record_own_success(worker):
     [tenant_id] = create_tenants(1)
 
     enqueue("bill_tenant", {"tenant_id": tenant_id, "period": "2026-10"})
@@ -136,7 +136,7 @@ def run_as():
     middleware._local.run = None
 
 
-def test_current_attempt_records_success_in_its_statement(broker, run_as):
+def test_current_attempt_records_success(broker, run_as):
     [tenant_id] = create_tenants(1)
     job_id = running_job("bill-tenant:current", attempts=2)
     run = run_as(job_id, 2)
@@ -169,7 +169,7 @@ def test_fenced_out_attempt_records_nothing(broker, run_as, caplog):
         assert job.result is None
 
 
-def test_failed_charge_statement_leaves_job_to_the_middleware(worker):
+def test_decline_recorded_by_middleware(worker):
     """A decline is recorded by the middleware, not by the success statement."""
     [tenant_id] = create_tenants(1, payment_methods=["pm_card_chargeDeclined"])
 
@@ -241,7 +241,7 @@ def test_charge_not_due_sends_nothing(
         assert session.scalars(select(ChargeAttempt)).all() == []
 
 
-def test_charge_before_next_attempt_time_sends_nothing(broker, stripe_server):
+def test_charge_before_due_time_skipped(broker, stripe_server):
     invoice_id = billed_invoice()
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
     set_invoice(invoice_id, next_attempt_at=later)
@@ -269,7 +269,7 @@ def test_charge_without_card_waits_for_one(broker, stripe_server):
         assert invoice.attempt_count == 0
 
 
-def test_charge_reuses_pending_attempt_and_skips_finished_one(broker, stripe_server):
+def test_charge_reuses_pending_attempt(broker, stripe_server):
     invoice_id = billed_invoice()
     with transaction() as session:
         session.add(
@@ -297,6 +297,6 @@ def test_charge_reuses_pending_attempt_and_skips_finished_one(broker, stripe_ser
     assert stripe_server.request_count == 1
 
 
-def test_charge_of_missing_invoice_fails_permanently(broker):
+def test_missing_invoice_fails_permanently(broker):
     with pytest.raises(PermanentJobError, match="platform invoice 424242 not found"):
         charge(424242)

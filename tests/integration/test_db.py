@@ -35,14 +35,14 @@ def backend_alive(pid: int) -> bool:
         return cursor.fetchone()[0] == 1
 
 
-def test_lent_connection_goes_back_to_transactions(without_pre_ping):
+def test_lent_connection_resets_autocommit(without_pre_ping):
     with driver_autocommit() as conn:
         lent_pid = conn.info.backend_pid
         rows, _ = run_sql(conn, "SELECT %(n)s::int + 1 AS total", {"n": 41})
     assert rows[0].total == 42
 
-    # The pool holds one connection, so the transaction gets the one just lent;
-    # in autocommit, the insert would stay after the rollback.
+    # The pool contains one connection, so the transaction gets the one just
+    # lent. In autocommit, the table would stay after the rollback.
     with pytest.raises(RuntimeError), transaction() as session:
         assert session.connection().connection.driver_connection.autocommit is False
         assert session.scalar(text("SELECT pg_backend_pid()")) == lent_pid
@@ -54,7 +54,7 @@ def test_lent_connection_goes_back_to_transactions(without_pre_ping):
         )
 
 
-def test_connection_killed_by_server_is_dropped(without_pre_ping):
+def test_killed_connection_is_dropped(without_pre_ping):
     with driver_autocommit() as conn:
         pid = conn.info.backend_pid
     with admin_connection() as admin:
