@@ -186,7 +186,7 @@ OPEN_ATTEMPT = """
         WHERE i.id = %(invoice_id)s
         FOR UPDATE OF i
     ), earlier AS (
-        SELECT id, outcome, idempotency_key, amount_cents, currency
+        SELECT id, outcome, error, idempotency_key, amount_cents, currency
         FROM charge_attempts
         WHERE invoice_id = %(invoice_id)s AND attempt_number = %(attempt_number)s
     ), opened AS (
@@ -211,6 +211,7 @@ OPEN_ATTEMPT = """
     )
     SELECT invoice.*,
            earlier.id AS attempt_id, earlier.outcome AS attempt_outcome,
+           earlier.error AS attempt_error,
            earlier.idempotency_key AS attempt_key,
            earlier.amount_cents AS attempt_amount_cents,
            earlier.currency AS attempt_currency,
@@ -243,6 +244,14 @@ def _open_attempt(
         return {"invoice_id": row.id, "skipped": f"invoice is {row.status}"}
 
     if row.attempt_id is not None:
+        if row.attempt_outcome == ChargeOutcome.ERROR:
+            # Running this attempt again would send the rejected request again.
+            raise PermanentJobError(
+                f"attempt {params.attempt_number} of invoice {row.id} was rejected "
+                f"by Stripe: {row.attempt_error}. Correct the tenant's Stripe "
+                "customer or payment method, which makes the invoice due for a "
+                "new attempt"
+            )
         if row.attempt_outcome != ChargeOutcome.PENDING:
             return {
                 "invoice_id": row.id,
@@ -468,6 +477,11 @@ def _record_error(pending: PendingCharge, error: stripe.StripeError) -> None:
         attempt.finished_at = func.now()
         invoice.status = InvoiceStatus.PAYMENT_FAILED
         invoice.next_attempt_at = None
+        # Stripe rejected the request itself (an unknown customer or payment
+        # method, say), so the same details would fail again. The invoice
+        # waits until the tenant's Stripe details change, which re-arms it
+        # for a new attempt with a new key.
+        invoice.awaiting_payment_method = True
     logger.error(
         "Stripe rejected the charge request: %s",
         error,

@@ -264,13 +264,21 @@ def update_tenant(path: TenantPath, body: TenantUpdate) -> dict[str, object]:
         tenant = session.get(Tenant, path.tenant_id, with_for_update=True)
         if tenant is None:
             raise not_found(f"tenant {path.tenant_id} not found")
-        old_payment_method = tenant.stripe_payment_method_id
+        old_stripe_details = (
+            tenant.stripe_customer_id,
+            tenant.stripe_payment_method_id,
+        )
         for field, value in changes.items():
             setattr(tenant, field, value)
 
-        new_payment_method = changes.get("stripe_payment_method_id")
+        # New Stripe details make the invoices that waited for them due again:
+        # those without a card, and those whose charge Stripe rejected.
+        new_stripe_details = (
+            tenant.stripe_customer_id,
+            tenant.stripe_payment_method_id,
+        )
         rearmed: list[int] = []
-        if new_payment_method is not None and new_payment_method != old_payment_method:
+        if new_stripe_details != old_stripe_details and all(new_stripe_details):
             rearmed = rearm_awaiting_invoices(session, tenant_id=tenant.id)
         session.flush()
         updated = tenant.to_dict()

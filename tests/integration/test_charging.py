@@ -244,6 +244,55 @@ def test_idempotency_mismatch_fails_job(worker, stripe_server):
     assert len(stripe_server.payment_intents()) == 1
 
 
+def test_rejected_charge_waits_for_new_details(worker, stripe_server, client, operator):
+    [tenant_id] = create_tenants(1)
+    # Another request already used invoice 1's first key with other params,
+    # so Stripe rejects the first attempt.
+    get_stripe().v1.payment_intents.create(
+        params={
+            "amount": 100,
+            "currency": "eur",
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+        },
+        options={"idempotency_key": idempotency_key(1, 1)},
+    )
+    bill(tenant_id)
+    wait_for(all_jobs_finished)
+    failed = get_job("charge-invoice:1:1")
+    assert failed.status == JobStatus.FAILED
+    assert invoices()[0].awaiting_payment_method is True
+
+    # Retrying the job must not report success: the attempt was rejected.
+    response = client.post(f"/v1/jobs/{failed.id}/retry", headers=operator.headers)
+    assert response.status_code == 202
+    wait_for(all_jobs_finished)
+    retried = get_job("charge-invoice:1:1")
+    assert retried.status == JobStatus.FAILED
+    assert "was rejected by Stripe" in retried.last_error
+    assert len(charge_attempts()) == 1
+
+    # New Stripe details make the invoice due for a second attempt.
+    response = client.patch(
+        f"/v1/tenants/{tenant_id}",
+        json={"stripe_customer_id": "cus_corrected"},
+        headers=operator.headers,
+    )
+    assert response.status_code == 200
+    result = charge_due_invoices(ChargeDueInvoicesParams(slot="after-fix"))
+    wait_for(all_jobs_finished)
+
+    [invoice] = invoices()
+    first, second = charge_attempts()
+    assert result == {"enqueued": 1}
+    assert first.outcome.value == "error"
+    assert second.outcome.value == "succeeded"
+    assert second.idempotency_key == idempotency_key(invoice.id, 2)
+    assert invoice.status.value == "paid"
+    assert invoice.awaiting_payment_method is False
+    assert len(stripe_server.payment_intents()) == 2
+
+
 def test_card_added_later_gets_charged(worker, stripe_server):
     [tenant_id] = create_tenants(1)
     with transaction() as session:
