@@ -47,6 +47,13 @@ def period_start(period: str) -> dt.date:
     return dt.date(int(year), int(month), 1)
 
 
+def period_end(period: str) -> dt.datetime:
+    """Return the first instant after the billing month, in UTC."""
+    start = period_start(period)
+    next_month = (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    return dt.datetime.combine(next_month, dt.time(), tzinfo=dt.UTC)
+
+
 def check_period_form(value: str) -> str:
     if not PERIOD_PATTERN.fullmatch(value):
         raise ValueError("expected a month as YYYY-MM, e.g. 2026-11")
@@ -119,7 +126,10 @@ def billing_run(params: BillingRunParams) -> dict[str, Any]:
     for _ in range(PAGES_PER_RUN_JOB):
         with transaction() as session:
             tenant_ids = billable_tenant_ids(
-                session, after_id=after_id, limit=page_size
+                session,
+                after_id=after_id,
+                limit=page_size,
+                created_before=period_end(params.period),
             )
             requests = [
                 JobRequest(params={"tenant_id": tid, "period": params.period})
@@ -143,21 +153,23 @@ def billing_run(params: BillingRunParams) -> dict[str, Any]:
 # bill_tenant runs once per tenant, so all of its work is one statement of
 # plain SQL, built once and committed on its own. It reads the tenant and
 # creates the invoice, or reads back the one that exists. A tenant with no
-# paid plan gets none. The statement then inserts the ledger row of the
-# invoice's first charge unless its dedup key exists, and records the job's
-# own success. The charge
-# job's params and dedup key are those that charge_invoice's params model and
-# natural key give; a test checks that they match.
+# paid plan, or created after the month ended, gets none. The statement then
+# inserts the ledger row of the invoice's first charge unless its dedup key
+# exists, and records the job's own success. The charge job's params and
+# dedup key are those that charge_invoice's params model and natural key
+# give, and a test checks that they match.
 BILL_TENANT = f"""
     WITH tenant AS (
-        SELECT id, plan_price_cents, currency FROM tenants WHERE id = %(tenant_id)s
+        SELECT id, plan_price_cents, currency,
+               plan_price_cents > 0 AND created_at < %(period_end)s AS billable
+        FROM tenants WHERE id = %(tenant_id)s
     ), inserted AS (
         INSERT INTO platform_invoices
             (tenant_id, period_start, amount_cents, amount_due_cents, currency,
              status, attempt_count, awaiting_payment_method)
         SELECT id, %(period_start)s, plan_price_cents, plan_price_cents, currency,
                'open', 0, false
-        FROM tenant WHERE plan_price_cents > 0
+        FROM tenant WHERE billable
         ON CONFLICT (tenant_id, period_start) DO NOTHING
         RETURNING id
     ), invoice AS (
@@ -166,7 +178,7 @@ BILL_TENANT = f"""
         SELECT id, false FROM platform_invoices
         WHERE tenant_id = %(tenant_id)s AND period_start = %(period_start)s
           AND NOT EXISTS (SELECT 1 FROM inserted)
-          AND EXISTS (SELECT 1 FROM tenant WHERE plan_price_cents > 0)
+          AND EXISTS (SELECT 1 FROM tenant WHERE billable)
     ), charge_job AS (
         INSERT INTO jobs
             (id, type, params, dedup_key, queue, tenant_id, status, attempts,
@@ -186,7 +198,8 @@ BILL_TENANT = f"""
         condition_sql="EXISTS (SELECT 1 FROM invoice)",
     )
 }
-    SELECT tenant.plan_price_cents, invoice.id AS invoice_id, invoice.created,
+    SELECT tenant.plan_price_cents, tenant.billable,
+           invoice.id AS invoice_id, invoice.created,
            charge_job.params AS charge_params,
            charge_job.dedup_key AS charge_dedup_key,
            EXISTS (SELECT 1 FROM succeeded_job) AS job_recorded
@@ -216,6 +229,7 @@ def bill_tenant(params: BillTenantParams) -> dict[str, Any]:
     arguments = {
         "tenant_id": params.tenant_id,
         "period_start": period_start(params.period),
+        "period_end": period_end(params.period),
         "charge_job_id": uuid.uuid4(),
         "charge_type": charge_type.name,
         "charge_queue": charge_type.queue,
@@ -224,7 +238,7 @@ def bill_tenant(params: BillTenantParams) -> dict[str, Any]:
     with driver_autocommit() as conn:
         rows, _ = run_sql(conn, BILL_TENANT, arguments)
         row = rows[0] if rows else None
-        if row is not None and row.plan_price_cents > 0 and row.invoice_id is None:
+        if row is not None and row.billable and row.invoice_id is None:
             # Another transaction created the invoice after this statement's
             # snapshot was taken. The same statement run again sees it.
             rows, _ = run_sql(conn, BILL_TENANT, arguments)
@@ -233,6 +247,11 @@ def bill_tenant(params: BillTenantParams) -> dict[str, Any]:
         return {"invoice_id": None, "skipped": "tenant not found"}
     if row.plan_price_cents <= 0:
         return {"invoice_id": None, "skipped": "tenant has no paid plan"}
+    if not row.billable:
+        return {
+            "invoice_id": None,
+            "skipped": f"tenant was created after {params.period} ended",
+        }
     if row.invoice_id is None:
         raise RuntimeError(
             f"invoice of tenant {params.tenant_id} for {params.period} is neither "

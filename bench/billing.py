@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import math
 import sys
 import time
@@ -209,6 +210,9 @@ def insert_tenants(count: int) -> None:
             "plan_price_cents": PLAN_PRICE_CENTS,
             "currency": "eur",
             "status": TenantStatus.ACTIVE,
+            # Before any month the benchmark bills: a tenant is billed only
+            # for months that ended after it was created.
+            "created_at": dt.datetime(2023, 1, 1, tzinfo=dt.UTC),
             "stripe_customer_id": f"cus_bench{index}",
             "stripe_payment_method_id": "pm_card_visa",
         }

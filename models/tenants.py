@@ -67,11 +67,14 @@ class Tenant(Base):
         }
 
 
-def billable_tenant_ids(session: Session, *, after_id: int, limit: int) -> list[int]:
+def billable_tenant_ids(
+    session: Session, *, after_id: int, limit: int, created_before: dt.datetime
+) -> list[int]:
     """Return the ids of billable tenants after ``after_id``, in id order.
 
-    Keyset pagination on the primary key keeps every page one index range scan,
-    however deep the run has gone.
+    A tenant created at or after ``created_before`` (the end of the billing
+    period) is not billed for it. Keyset pagination on the primary key keeps
+    every page one index range scan, however deep the run has gone.
     """
     ids = session.scalars(
         select(Tenant.id)
@@ -79,6 +82,7 @@ def billable_tenant_ids(session: Session, *, after_id: int, limit: int) -> list[
             Tenant.id > after_id,
             Tenant.status != TenantStatus.CANCELLED,
             Tenant.plan_price_cents > 0,
+            Tenant.created_at < created_before,
         )
         .order_by(Tenant.id)
         .limit(limit)

@@ -20,10 +20,10 @@ from typing import Any
 
 import stripe
 
-from actors.billing import previous_month
+from actors.billing import period_start, previous_month
 from scripts import demo_report
 from scripts.demo_api import ApiClient
-from scripts.demo_data import ensure_clinics
+from scripts.demo_data import backdate_signups, ensure_clinics
 from scripts.demo_setup import (
     ROOT,
     STATE_DIR,
@@ -98,6 +98,12 @@ def run(*, started: float, started_at: dt.datetime) -> None:
         print(f"Demo clinics: {created} created, {len(clinics) - created} reused.")
 
         period = previous_month()
+        backdate_signups(
+            [clinic.tenant_id for clinic in clinics],
+            created_at=dt.datetime.combine(
+                period_start(period), dt.time(), tzinfo=dt.UTC
+            ),
+        )
         tenant_ids = [clinic.tenant_id for clinic in clinics]
         before = demo_report.period_invoices(api, tenant_ids, period)
         run_job = enqueue_billing_run(api, period)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 
 import psycopg
 import stripe
@@ -103,6 +104,27 @@ def find_tenants(names: list[str]) -> dict[str, tuple[int, str | None]]:
     except psycopg.Error as error:
         raise DemoError(f"looking up demo clinics failed: {error}") from error
     return {name: (tenant_id, customer) for name, tenant_id, customer in rows}
+
+
+def backdate_signups(tenant_ids: list[int], *, created_at: dt.datetime) -> None:
+    """Set the creation time of the given clinics to ``created_at``, if later.
+
+    A billing run bills a clinic only for months that ended after the clinic
+    was created, and the demo bills last month for clinics it created a
+    moment ago. So the demo dates their sign-up back, as if they had joined
+    before that month.
+    """
+    if not tenant_ids:
+        return
+    try:
+        with psycopg.connect(DATABASE_URL, connect_timeout=5) as connection:
+            connection.execute(
+                "UPDATE tenants SET created_at = %s "
+                "WHERE id = ANY(%s) AND created_at > %s",
+                (created_at, tenant_ids, created_at),
+            )
+    except psycopg.Error as error:
+        raise DemoError(f"dating the demo clinics' sign-up failed: {error}") from error
 
 
 def ensure_clinics(api: ApiClient, stripe_client: stripe.StripeClient) -> list[Clinic]:

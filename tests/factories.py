@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -12,12 +13,17 @@ from models.billing import PlatformInvoice
 from models.jobs import Job, JobStatus
 from models.tenants import Tenant
 
+# Tests bill past months, and a tenant is billed only for months that ended
+# after it was created, so test tenants signed up well before them.
+SIGNED_UP_AT = dt.datetime(2023, 1, 1, tzinfo=dt.UTC)
+
 
 def create_tenants(
     count: int,
     *,
     payment_methods: Sequence[str] = ("pm_card_visa",),
     price_cents: int = 4900,
+    created_at: dt.datetime = SIGNED_UP_AT,
 ) -> list[int]:
     """Create ``count`` tenants, cycling through ``payment_methods``; return ids."""
     with transaction() as session:
@@ -28,6 +34,7 @@ def create_tenants(
                 currency="eur",
                 stripe_customer_id=f"cus_test{index}",
                 stripe_payment_method_id=payment_methods[index % len(payment_methods)],
+                created_at=created_at,
             )
             for index in range(count)
         ]

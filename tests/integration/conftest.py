@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from infra.db import transaction
 from models.api_keys import ApiKeyRole, create_api_key
 from models.tenants import Tenant
+from tests.factories import SIGNED_UP_AT
 from web import VetqueueOpenAPI, create_app
 
 BILLING_MESSAGES_KEY = "vetqueue-test:billing.msgs"
@@ -52,6 +53,7 @@ def make_tenant(broker: dramatiq.Broker) -> Callable[..., int]:
             "currency": "eur",
             "stripe_customer_id": "cus_test",
             "stripe_payment_method_id": "pm_card_visa",
+            "created_at": SIGNED_UP_AT,
             **fields,
         }
         with transaction() as session:

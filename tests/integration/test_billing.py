@@ -300,3 +300,32 @@ def test_charge_reuses_pending_attempt(broker, stripe_server):
 def test_missing_invoice_fails_permanently(broker):
     with pytest.raises(PermanentJobError, match="platform invoice 424242 not found"):
         charge(424242)
+
+
+def test_billing_run_skips_tenants_created_later(worker):
+    [old_tenant] = create_tenants(1)
+    [new_tenant] = create_tenants(1, created_at=dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+
+    enqueue("billing_run", {"period": "2026-10"})
+    wait_for(all_jobs_finished)
+
+    billed = [invoice.tenant_id for invoice in invoices()]
+    assert billed == [old_tenant]
+    assert get_job(f"bill-tenant:{new_tenant}:2026-10") is None
+
+
+def test_bill_tenant_created_after_period_skipped(broker):
+    [tenant_id] = create_tenants(
+        1, created_at=dt.datetime(2026, 10, 31, 23, 59, tzinfo=dt.UTC)
+    )
+
+    october = bill_tenant(BillTenantParams(tenant_id=tenant_id, period="2026-10"))
+    september = bill_tenant(BillTenantParams(tenant_id=tenant_id, period="2026-09"))
+
+    assert october["created"] is True
+    assert september == {
+        "invoice_id": None,
+        "skipped": "tenant was created after 2026-09 ended",
+    }
+    [invoice] = invoices()
+    assert invoice.period_start == dt.date(2026, 10, 1)

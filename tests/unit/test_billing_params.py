@@ -4,7 +4,12 @@ import pydantic
 import pytest
 import stripe
 
-from actors.billing import BillingRunParams, BillTenantParams, previous_month
+from actors.billing import (
+    BillingRunParams,
+    BillTenantParams,
+    period_end,
+    previous_month,
+)
 from actors.charging import idempotency_key
 from actors.stripe_calls import is_transient
 
@@ -86,3 +91,15 @@ def api_error(status: int) -> stripe.APIError:
 )
 def test_transient_classification(error, transient):
     assert is_transient(error) is transient
+
+
+@pytest.mark.parametrize(
+    ("period", "end"),
+    [
+        ("2026-02", dt.datetime(2026, 3, 1, tzinfo=dt.UTC)),
+        ("2026-12", dt.datetime(2027, 1, 1, tzinfo=dt.UTC)),
+        ("2024-01", dt.datetime(2024, 2, 1, tzinfo=dt.UTC)),
+    ],
+)
+def test_period_end_is_next_month_start(period, end):
+    assert period_end(period) == end
