@@ -195,6 +195,18 @@ def require_json_body() -> None:
         except RecursionError:
             problem = "nested too deeply"
         else:
+            if not isinstance(document, dict):
+                # flask-openapi3 would decode a JSON string a second time and
+                # accept the object inside it.
+                raise validation_failed(
+                    [
+                        {
+                            "field": "body",
+                            "message": "expected a JSON object, got "
+                            f"{_json_type_name(document)}",
+                        }
+                    ]
+                )
             _reject_nul_characters(document, path="")
             return
     raise ApiError(
@@ -202,6 +214,19 @@ def require_json_body() -> None:
         "invalid_json",
         f"request body is not valid JSON ({problem}); send one JSON object",
     )
+
+
+def _json_type_name(value: Any) -> str:
+    """Return the JSON name of a decoded value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array"
 
 
 def _reject_nul_characters(value: Any, *, path: str) -> None:

@@ -38,6 +38,34 @@ def test_nul_character_rejected(client, operator, url, body, field):
     assert jobs_by_status() == {}
 
 
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (
+            '"{\\"name\\": \\"String clinic\\", \\"plan_price_cents\\": 100}"',
+            "a string",
+        ),
+        ("[]", "an array"),
+        ("42", "a number"),
+        ("true", "a boolean"),
+        ("null", "null"),
+    ],
+)
+@pytest.mark.parametrize("url", ["/v1/tenants", "/v1/jobs"])
+def test_body_not_object_rejected(client, operator, url, body, kind):
+    response = post_json(client, operator, url, body)
+
+    assert response.status_code == 422
+    [problem] = response.json["error"]["details"]["fields"]
+    assert problem == {
+        "field": "body",
+        "message": f"expected a JSON object, got {kind}",
+    }
+    assert jobs_by_status() == {}
+    tenants = client.get("/v1/tenants/1", headers=operator.headers)
+    assert tenants.status_code == 404
+
+
 def test_nul_in_query_rejected(client, operator):
     response = client.get("/v1/jobs?dedup_key=%00", headers=operator.headers)
 
