@@ -5,7 +5,7 @@ from logging.config import fileConfig
 from sqlalchemy import create_engine, pool
 
 from alembic import context
-from infra.settings import get_settings
+from infra.settings import SettingsError, get_settings
 from models import Base
 
 config = context.config
@@ -17,9 +17,19 @@ if config.config_file_name is not None and config.attributes.get(
 target_metadata = Base.metadata
 
 
+def _database_url() -> str:
+    url = config.attributes.get("database_url")
+    if url:
+        return url
+    try:
+        return get_settings().database_url
+    except SettingsError as error:
+        raise SystemExit(f"migration not started: {error}") from None
+
+
 def run_migrations_offline() -> None:
     context.configure(
-        url=config.attributes.get("database_url") or get_settings().database_url,
+        url=_database_url(),
         target_metadata=target_metadata,
         literal_binds=True,
     )
@@ -28,7 +38,7 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    url = config.attributes.get("database_url") or get_settings().database_url
+    url = _database_url()
     # A migration waiting behind a long lock would block every writer queued
     # behind it, so it fails fast and is rerun instead.
     engine = create_engine(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -108,16 +109,17 @@ class Settings(BaseSettings):
     @field_validator("stripe_api_base")
     @classmethod
     def _check_api_base(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("expected an http:// or https:// address")
+        _check_http_url(value, what="address")
         return value.rstrip("/")
 
-    @field_validator("stripe_proxy_url")
+    @field_validator("stripe_proxy_url", mode="before")
     @classmethod
-    def _check_proxy_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("expected an http:// or https:// proxy address")
-        return value or None
+    def _check_proxy_url(cls, value: object) -> object:
+        if value == "":
+            return None
+        if isinstance(value, str):
+            _check_http_url(value, what="proxy address")
+        return value
 
     @field_validator("dunning_retry_days", mode="before")
     @classmethod
@@ -142,6 +144,13 @@ def _ascii_int(text: str) -> int:
     return int(text)
 
 
+def _check_http_url(value: str, *, what: str) -> None:
+    """Raise ValueError unless ``value`` is an http:// or https:// URL with a host."""
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// {what} with a host")
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment, with keyword overrides on top.
 
@@ -153,7 +162,8 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for error in exc.errors():
             variable = str(error["loc"][0]).upper() if error["loc"] else "?"
-            problems.append(f"{variable}: {error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{variable}: {message}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
 
 

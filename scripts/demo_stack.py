@@ -201,6 +201,9 @@ def start_web(stack: Stack, port: int) -> str:
             "4",
             "--timeout",
             "30",
+            # gunicorn 27 otherwise opens a control socket at one fixed path in
+            # the home folder, shared with every other gunicorn of the user.
+            "--no-control-socket",
             "web:create_app()",
         ],
     )

@@ -15,7 +15,7 @@ from actors.broker import setup_broker
 from actors.middleware import LedgerMiddleware
 from infra.logging import configure_logging
 from infra.redis import get_redis
-from infra.settings import Settings, get_settings
+from infra.settings import Settings, SettingsError, get_settings
 from web import health, jobs, ops, tenants
 from web.auth import SECURITY_SCHEME
 from web.cli import keys
@@ -70,8 +70,16 @@ def _paragraphs(joined: str) -> str:
 
 
 def create_app(config: dict[str, Any] | None = None) -> VetqueueOpenAPI:
-    """Build the app from the environment's settings; ``config`` overrides Flask's."""
-    settings = get_settings()
+    """Build the app from the environment's settings; ``config`` overrides Flask's.
+
+    Exits with a one-line message naming the variable when a setting is
+    invalid, as the worker and the scheduler do, rather than with a traceback
+    from every process that loads the app.
+    """
+    try:
+        settings = get_settings()
+    except SettingsError as error:
+        raise SystemExit(f"web app not started: {error}") from None
     configure_logging(settings.log_level)
     broker = _ensure_broker(settings)
 

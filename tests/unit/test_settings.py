@@ -34,6 +34,10 @@ def test_defaults_point_at_local_servers(monkeypatch):
         ("SWEEP_AFTER_S", "nan", "SWEEP_AFTER_S"),
         ("JOB_RETENTION_DAYS", "1000000000", "JOB_RETENTION_DAYS"),
         ("LOG_LEVEL", "chatty", "LOG_LEVEL"),
+        ("STRIPE_API_BASE", "http://", "STRIPE_API_BASE"),
+        ("STRIPE_API_BASE", "ftp://stripe.example", "STRIPE_API_BASE"),
+        ("STRIPE_PROXY_URL", "ftp://proxy.example", "STRIPE_PROXY_URL"),
+        ("STRIPE_PROXY_URL", "http://", "STRIPE_PROXY_URL"),
     ],
 )
 def test_invalid_value_names_variable(monkeypatch, variable, value, expected):
@@ -58,3 +62,29 @@ def test_dunning_days_parsed_from_list(monkeypatch):
     monkeypatch.setenv("DUNNING_RETRY_DAYS", "1, 2,4")
 
     assert load_settings().dunning_retry_days == (1, 2, 4)
+
+
+def test_messages_have_no_validator_prefix(monkeypatch):
+    monkeypatch.setenv("STRIPE_PROXY_URL", "ftp://proxy.example")
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+
+    assert str(caught.value) == (
+        "invalid configuration: STRIPE_PROXY_URL: expected an http:// or "
+        "https:// proxy address with a host"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", None),
+        ("http://127.0.0.1:3128", "http://127.0.0.1:3128"),
+        ("HTTPS://proxy.example:443", "HTTPS://proxy.example:443"),
+    ],
+)
+def test_proxy_url_accepted(monkeypatch, value, expected):
+    monkeypatch.setenv("STRIPE_PROXY_URL", value)
+
+    assert load_settings().stripe_proxy_url == expected
