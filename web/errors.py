@@ -13,7 +13,10 @@ import re
 import uuid
 from typing import Any
 
+import psycopg
 import pydantic
+import redis
+import sqlalchemy as sa
 from flask import Flask, Response, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, Field
@@ -36,7 +39,19 @@ HTTP_ERROR_CODES = {
     413: "request_too_large",
     415: "unsupported_media_type",
     500: "internal_error",
+    503: "service_unavailable",
 }
+
+# Errors of a server that is down or unreachable, or of a statement that ran
+# past its timeout: the request may succeed when sent again.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    sa.exc.OperationalError,
+    sa.exc.DisconnectionError,
+    psycopg.OperationalError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+)
+RETRY_AFTER_S = 5
 
 
 class ErrorBody(BaseModel):
@@ -318,6 +333,15 @@ def handle_http_exception(exc: HTTPException) -> Response:
 def handle_unexpected_error(exc: Exception) -> Response:
     # after_request logs it once, with the traceback and the request id.
     g.unhandled_exception = exc
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return error_response(
+            503,
+            "service_unavailable",
+            "the database or Redis is unavailable; retry after "
+            f"{RETRY_AFTER_S} seconds",
+            details={"request_id": g.get("request_id")},
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     return error_response(
         500,
         "internal_error",

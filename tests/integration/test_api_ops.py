@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import socket
 from typing import Any
 
+import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -17,6 +19,7 @@ from actors.registry import QUEUES
 from infra.db import transaction
 from models.jobs import Job, JobStatus
 from scheduler.schedules import SCHEDULES
+from tests.conftest import reconfigure
 from web import VetqueueOpenAPI
 
 QUEUE_FIELDS = {
@@ -123,6 +126,37 @@ def test_readyz_names_failed_redis(app, client):
     assert "redis" in response.json["error"]["message"]
     assert "database" not in response.json["error"]["message"]
     assert response.json["error"]["details"]["checks"]["database"] == "ok"
+
+
+@pytest.fixture
+def database_down(operator):
+    """Point the app's engine at a closed port until the test ends."""
+    original = os.environ["DATABASE_URL"]
+    port = closed_port()
+    reconfigure(
+        DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:{port}/hidden_db"
+    )
+    yield port
+    reconfigure(DATABASE_URL=original)
+
+
+def test_readyz_hides_database_address(client, database_down):
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    checks = response.json["error"]["details"]["checks"]
+    assert checks["database"] == "failed: OperationalError"
+    assert str(database_down) not in response.get_data(as_text=True)
+    assert "hidden_db" not in response.get_data(as_text=True)
+
+
+def test_database_outage_returns_503(client, operator, database_down):
+    response = client.get("/v1/jobs", headers=operator.headers)
+
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "service_unavailable"
+    assert response.headers["Retry-After"] == "5"
+    assert "hidden_db" not in response.get_data(as_text=True)
 
 
 def resolve(document: dict[str, Any], ref: str) -> Any:
