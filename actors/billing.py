@@ -57,6 +57,8 @@ def period_end(period: str) -> dt.datetime:
 def check_period_form(value: str) -> str:
     if not PERIOD_PATTERN.fullmatch(value):
         raise ValueError("expected a month as YYYY-MM, e.g. 2026-11")
+    if int(value[:4]) < 2000:
+        raise ValueError(f"expected a month from 2000 on, got {value}")
     return value
 
 

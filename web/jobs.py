@@ -49,7 +49,9 @@ ENQUEUEABLE_JOB_TYPES: dict[str, frozenset[ApiKeyRole]] = {
     "charge_due_invoices": OPERATOR_ONLY,
 }
 
-IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,255}$")
+# No comma: a server joins repeated headers into one value with commas, so a
+# key with a comma cannot be told apart from two keys sent at once.
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x20-\x2b\x2d-\x7e]{1,255}$")
 CURSOR_SEPARATOR = "|"
 # Ids above the range of PostgreSQL bigint cannot exist, so filters reject them.
 MAX_BIGINT = 2**63 - 1
@@ -87,18 +89,26 @@ class IdempotencyHeader(BaseModel):
     idempotency_key: str | None = Field(
         None,
         alias="Idempotency-Key",
-        description="1 to 255 printable ASCII characters. A repeated key returns "
+        description="1 to 255 printable ASCII characters other than a comma. "
+        "Send the header once. A repeated key returns "
         "the job it created; the same key with another type or params is a 409. "
         "Keys are scoped to the API key's tenant, or to operators. Without it, "
         "the job type derives the key from its params.",
-        json_schema_extra={"minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": 255,
+            "pattern": "^[ -+\\--~]+$",
+        },
     )
 
     @field_validator("idempotency_key")
     @classmethod
     def _check_key(cls, value: str | None) -> str | None:
         if value is not None and not IDEMPOTENCY_KEY_PATTERN.match(value):
-            raise ValueError("expected 1 to 255 printable ASCII characters")
+            raise ValueError(
+                "expected 1 to 255 printable ASCII characters other than a comma, "
+                "sent in one Idempotency-Key header"
+            )
         return value
 
 

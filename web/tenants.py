@@ -6,9 +6,11 @@ import datetime as dt
 import functools
 import logging
 import re
+import unicodedata
 import zoneinfo
 from typing import Annotated, Any
 
+import pycountry
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import (
     AfterValidator,
@@ -75,11 +77,25 @@ def _check_time_zone(value: str) -> str:
 
 
 def _check_currency(value: str) -> str:
-    if not CURRENCY_PATTERN.match(value):
+    if not CURRENCY_PATTERN.match(value) or not pycountry.currencies.get(
+        alpha_3=value.upper()
+    ):
         raise ValueError(
             f"invalid currency {value!r}; expected a 3-letter ISO 4217 code such as eur"
         )
     return value.lower()
+
+
+def _check_name(value: str) -> str:
+    # Control and format characters (tabs, newlines, zero-width spaces) would
+    # make a name that reads as blank or breaks lines in notifications.
+    for character in value:
+        if unicodedata.category(character).startswith("C"):
+            raise ValueError(
+                f"must not contain control or format characters, got "
+                f"U+{ord(character):04X}"
+            )
+    return value
 
 
 def _stripe_id(prefix: str, kind: str) -> AfterValidator:
@@ -96,7 +112,9 @@ def _stripe_id(prefix: str, kind: str) -> AfterValidator:
 
 
 TenantName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_check_name),
 ]
 TimeZoneName = Annotated[
     str,
@@ -219,6 +237,7 @@ def create_tenant(body: TenantCreate) -> tuple[dict[str, object], int]:
 
     Needs an operator key.
     """
+    _require_customer_for_card(body.stripe_customer_id, body.stripe_payment_method_id)
     with transaction() as session:
         tenant = Tenant(**body.model_dump())
         session.add(tenant)
@@ -226,6 +245,25 @@ def create_tenant(body: TenantCreate) -> tuple[dict[str, object], int]:
         created = tenant.to_dict()
     logger.info("tenant created", extra={"tenant_id": created["id"]})
     return created, 201
+
+
+def _require_customer_for_card(
+    customer: str | None, payment_method: str | None
+) -> None:
+    """Raise 422 for a payment method without the Stripe customer it belongs to.
+
+    A PaymentIntent needs both, so such a tenant could never be charged.
+    """
+    if payment_method and not customer:
+        raise validation_failed(
+            [
+                {
+                    "field": "stripe_customer_id",
+                    "message": "required while stripe_payment_method_id is set; "
+                    "send the customer the payment method is attached to",
+                }
+            ]
+        )
 
 
 @api.get(
@@ -271,6 +309,9 @@ def update_tenant(path: TenantPath, body: TenantUpdate) -> dict[str, object]:
         for field, value in changes.items():
             setattr(tenant, field, value)
 
+        _require_customer_for_card(
+            tenant.stripe_customer_id, tenant.stripe_payment_method_id
+        )
         # New Stripe details make the invoices that waited for them due again:
         # those without a card, and those whose charge Stripe rejected.
         new_stripe_details = (

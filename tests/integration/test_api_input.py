@@ -99,10 +99,11 @@ def test_long_slot_rejected(client, operator):
         {"period": "2026-11\n"},
         {"period": "\uff12\uff10\uff12\uff16-11"},
         {"period": "0001-01"},
+        {"period": "0000-01"},
         {"period": "2026-10", "after_tenant_id": 99999999999999999999999},
         {"period": "2026-10", "after_tenant_id": "5"},
     ],
-    ids=["newline", "full-width", "ancient", "huge-id", "string-id"],
+    ids=["newline", "full-width", "ancient", "year-zero", "huge-id", "string-id"],
 )
 def test_billing_params_rejected(client, operator, params):
     response = client.post(
@@ -113,4 +114,24 @@ def test_billing_params_rejected(client, operator, params):
 
     assert response.status_code == 422
     assert response.json["error"]["details"]["fields"][0]["field"].startswith("params.")
+    assert jobs_by_status() == {}
+
+
+def test_repeated_idempotency_key_rejected(client, operator):
+    headers = [
+        *operator.headers.items(),
+        ("Idempotency-Key", "run-oct"),
+        ("Idempotency-Key", "other"),
+    ]
+
+    response = client.post(
+        "/v1/jobs",
+        json={"type": "billing_run", "params": {"period": "2026-10"}},
+        headers=headers,
+    )
+
+    assert response.status_code == 422
+    [problem] = response.json["error"]["details"]["fields"]
+    assert problem["field"] == "Idempotency-Key"
+    assert "one Idempotency-Key header" in problem["message"]
     assert jobs_by_status() == {}

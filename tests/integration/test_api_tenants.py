@@ -94,6 +94,11 @@ def test_create_tenant_defaults(client, operator):
         ({"stripe_customer_id": "cus_"}, "stripe_customer_id"),
         ({"stripe_payment_method_id": "card_123"}, "stripe_payment_method_id"),
         ({"plan": "gold"}, "plan"),
+        ({"currency": "XYZ"}, "currency"),
+        ({"name": "Clinic\tGamma"}, "name"),
+        ({"name": "Clinic\nGamma"}, "name"),
+        ({"name": "\u200b"}, "name"),
+        ({"stripe_customer_id": None}, "stripe_customer_id"),
     ],
 )
 def test_create_tenant_invalid_field_rejected(client, operator, change, field):
@@ -300,3 +305,18 @@ def test_list_invoices_missing_tenant_is_404(client, operator):
     response = client.get("/v1/tenants/999/platform-invoices", headers=operator.headers)
 
     assert response.status_code == 404
+
+
+def test_patch_removing_customer_keeps_card_rejected(client, operator, make_tenant):
+    tenant_id = make_tenant()
+
+    response = client.patch(
+        f"/v1/tenants/{tenant_id}",
+        json={"stripe_customer_id": None},
+        headers=operator.headers,
+    )
+
+    assert response.status_code == 422
+    assert error_fields(response) == ["stripe_customer_id"]
+    with transaction() as session:
+        assert session.get(Tenant, tenant_id).stripe_customer_id == "cus_test"
