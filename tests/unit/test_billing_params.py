@@ -50,7 +50,13 @@ def test_period_rejects_unfinished_months():
 
 def test_period_rejects_ancient_month():
     with pytest.raises(pydantic.ValidationError, match="more than 36 months"):
-        BillingRunParams(period="0001-01")
+        BillingRunParams(period="2001-01")
+
+
+@pytest.mark.parametrize("period", ["0000-01", "0001-01", "1999-12"])
+def test_period_before_2000_rejected(period):
+    with pytest.raises(pydantic.ValidationError, match="a month from 2000 on"):
+        BillingRunParams(period=period)
 
 
 def test_tenant_id_must_be_integer():
