@@ -50,7 +50,7 @@ ENQUEUEABLE_JOB_TYPES: dict[str, frozenset[ApiKeyRole]] = {
 }
 
 # No comma: a server joins repeated headers into one value with commas, so a
-# key with a comma cannot be told apart from two keys sent at once.
+# key with a comma cannot be distinguished from two keys sent at once.
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x20-\x2b\x2d-\x7e]{1,255}$")
 CURSOR_SEPARATOR = "|"
 # Ids above the range of PostgreSQL bigint cannot exist, so filters reject them.
