@@ -193,6 +193,8 @@ def start_web(stack: Stack, port: int) -> str:
         [
             "-m",
             "gunicorn",
+            "--config",
+            "python:web.gunicorn_config",
             "--bind",
             f"{HOST}:{port}",
             "--workers",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import click
 from flask.cli import AppGroup
 from sqlalchemy import func, select
@@ -43,6 +45,13 @@ def create_key(role: str, tenant_id: int | None, name: str) -> None:
     name = name.strip()
     if not 1 <= len(name) <= 200:
         raise click.BadParameter("expected 1 to 200 characters", param_hint="--name")
+    # `keys list` prints tab-separated columns, which a tab or newline in a
+    # name would shift.
+    if any(unicodedata.category(character).startswith("C") for character in name):
+        raise click.BadParameter(
+            "must not contain control or format characters such as tabs",
+            param_hint="--name",
+        )
 
     with transaction() as session:
         if tenant_id is not None and session.get(Tenant, tenant_id) is None:

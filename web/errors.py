@@ -200,6 +200,15 @@ def require_json_body() -> None:
     # when the request has a Content-Length.
     data = request.get_data(cache=True)
     _reject_cut_stream(len(data))
+    if request.content_length is not None and len(data) < request.content_length:
+        # The client stopped sending, and has most likely gone. Going on would
+        # commit work whose response nobody reads, so a retry would repeat it.
+        raise ApiError(
+            400,
+            "incomplete_body",
+            f"request body ended after {len(data)} of the "
+            f"{request.content_length} bytes in Content-Length; send the whole body",
+        )
     if not data.strip():
         problem = "the body is empty"
     else:

@@ -295,6 +295,16 @@ def test_cli_create_rejects_bad_options(app, args, expected_code, expected_text)
         assert session.scalar(select(func.count()).select_from(ApiKey)) == 0
 
 
+@pytest.mark.parametrize("name", ["a\tb", "line\nbreak", "\u200b"])
+def test_cli_create_rejects_control_characters(app, name):
+    exit_code, output = run_keys(app, "create", "--role", "operator", "--name", name)
+
+    assert exit_code == 2
+    assert "control or format characters" in output
+    with transaction() as session:
+        assert session.scalar(select(func.count()).select_from(ApiKey)) == 0
+
+
 def test_cli_revoke_takes_effect(app, client, operator: Caller):
     prefix = operator.secret[:10]
 
