@@ -10,6 +10,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from flask_openapi3 import Info, OpenAPI, Tag
+from werkzeug.routing import IntegerConverter
 
 from actors.broker import setup_broker
 from actors.middleware import LedgerMiddleware
@@ -84,6 +85,7 @@ def create_app(config: dict[str, Any] | None = None) -> VetqueueOpenAPI:
     broker = _ensure_broker(settings)
 
     app = _new_app()
+    app.url_map.converters["int"] = AsciiIntegerConverter
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config.update(config or {})
     app.extensions["vetqueue"] = {
@@ -114,6 +116,16 @@ def create_app(config: dict[str, Any] | None = None) -> VetqueueOpenAPI:
         return app.api_doc
 
     return app
+
+
+class AsciiIntegerConverter(IntegerConverter):
+    """The ``int`` path converter, for ids written only with the digits 0-9.
+
+    werkzeug's converter matches any Unicode digit, so a path with the
+    Arabic-Indic digit one (U+0661) would read tenant 1.
+    """
+
+    regex = "[0-9]+"
 
 
 def _new_app() -> VetqueueOpenAPI:

@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
 import pydantic
@@ -19,7 +19,7 @@ import redis
 import sqlalchemy as sa
 from flask import Flask, Response, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 logger = logging.getLogger(__name__)
@@ -277,12 +277,33 @@ def _reject_nul_characters(value: Any, *, path: str) -> None:
 
 
 def reject_nul_in_query() -> None:
-    """Reject query parameters that contain U+0000, naming the parameter."""
+    """Reject query parameters that contain U+0000 or are repeated, naming them.
+
+    The query models read the first of repeated values and would ignore the
+    rest without a word.
+    """
     for name, value in request.args.items(multi=True):
         if "\x00" in name or "\x00" in value:
             raise validation_failed(
                 [{"field": name, "message": "must not contain U+0000"}]
             )
+    for name in request.args:
+        if len(request.args.getlist(name)) > 1:
+            raise validation_failed(
+                [{"field": name, "message": "given more than once; send it once"}]
+            )
+
+
+def _ascii_digits(value: object) -> object:
+    if isinstance(value, str) and not ASCII_DIGITS.fullmatch(value):
+        raise ValueError("expected a whole number written with the digits 0-9")
+    return value
+
+
+ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
+# A whole number in a query string, written only with ASCII digits: Python's
+# int() also accepts signs, underscores and other scripts' digits.
+QueryInt = Annotated[int, BeforeValidator(_ascii_digits)]
 
 
 def _reject_cut_stream(read_bytes: int) -> None:

@@ -28,6 +28,7 @@ from web.auth import (
 from web.errors import (
     ApiError,
     ErrorResponse,
+    QueryInt,
     error_responses,
     not_found,
     require_json_body,
@@ -132,7 +133,7 @@ class JobQuery(BaseModel):
 
     status: JobStatus | None = None
     type: str | None = Field(None, max_length=64)
-    tenant_id: int | None = Field(
+    tenant_id: QueryInt | None = Field(
         None,
         gt=0,
         le=MAX_BIGINT,
@@ -140,7 +141,7 @@ class JobQuery(BaseModel):
         "tenant's jobs: another tenant's id returns an empty page.",
     )
     dedup_key: str | None = Field(None, max_length=1000)
-    limit: int = Field(50, ge=1, le=200)
+    limit: QueryInt = Field(50, ge=1, le=200)
     cursor: str | None = Field(
         None, description="The next_cursor of the previous page.", max_length=200
     )

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from actors.queues import queue_stats, requeue_dead_letters
 from actors.registry import QUEUES
@@ -14,7 +14,7 @@ from infra.db import transaction
 from models.jobs import JobStatus, count_by_status, list_jobs
 from scheduler.schedules import SCHEDULES
 from web.auth import SECURITY_SCHEME, authenticate_request, operator_only
-from web.errors import ErrorResponse, error_responses, not_found
+from web.errors import ErrorResponse, QueryInt, error_responses, not_found
 
 api = APIBlueprint(
     "ops",
@@ -69,7 +69,9 @@ class QueuePath(BaseModel):
 
 
 class RequeueQuery(BaseModel):
-    limit: int = Field(100, ge=1, le=1000, description="Dead letters to handle.")
+    model_config = ConfigDict(extra="forbid")
+
+    limit: QueryInt = Field(100, ge=1, le=1000, description="Dead letters to handle.")
 
 
 class RequeueOut(BaseModel):

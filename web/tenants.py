@@ -33,6 +33,7 @@ from web.auth import (
 )
 from web.errors import (
     ErrorResponse,
+    QueryInt,
     error_responses,
     not_found,
     require_json_body,
@@ -186,7 +187,7 @@ class TenantPath(BaseModel):
 class InvoiceQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    limit: int = Field(50, ge=1, le=200)
+    limit: QueryInt = Field(50, ge=1, le=200)
     cursor: str | None = Field(
         None, description="The next_cursor of the previous page.", max_length=200
     )

@@ -135,3 +135,48 @@ def test_repeated_idempotency_key_rejected(client, operator):
     assert problem["field"] == "Idempotency-Key"
     assert "one Idempotency-Key header" in problem["message"]
     assert jobs_by_status() == {}
+
+
+@pytest.mark.parametrize("value", ["1_0", "+5", "\u0665", " 5", "5.0"])
+@pytest.mark.parametrize(
+    "url", ["/v1/jobs?limit=", "/v1/ops/queues/billing/dead-letters/requeue?limit="]
+)
+def test_query_integer_needs_ascii_digits(client, operator, url, value):
+    method = client.post if "requeue" in url else client.get
+
+    response = method(url + value, headers=operator.headers)
+
+    assert response.status_code == 422
+    [problem] = response.json["error"]["details"]["fields"]
+    assert problem["field"] == "limit"
+
+
+def test_repeated_query_parameter_rejected(client, operator):
+    response = client.get("/v1/jobs?limit=5&limit=6", headers=operator.headers)
+
+    assert response.status_code == 422
+    [problem] = response.json["error"]["details"]["fields"]
+    assert problem == {
+        "field": "limit",
+        "message": "given more than once; send it once",
+    }
+
+
+def test_unknown_requeue_parameter_rejected(client, operator):
+    response = client.post(
+        "/v1/ops/queues/billing/dead-letters/requeue?bogus=1",
+        headers=operator.headers,
+    )
+
+    assert response.status_code == 422
+    assert response.json["error"]["details"]["fields"][0]["field"] == "bogus"
+
+
+@pytest.mark.parametrize("path", ["/v1/tenants/%D9%A1", "/v1/tenants/%EF%BC%91"])
+def test_path_id_needs_ascii_digits(client, operator, make_tenant, path):
+    make_tenant()
+
+    response = client.get(path, headers=operator.headers)
+
+    assert response.status_code == 404
+    assert "Clinic" not in response.get_data(as_text=True)
