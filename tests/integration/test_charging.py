@@ -216,9 +216,12 @@ def test_rejected_outcome_write_charges_once(worker, stripe_server):
     assert stripe_server.request_count >= 2
 
 
-def test_idempotency_mismatch_fails_job(worker, stripe_server):
-    [tenant_id] = create_tenants(1)
-    # Another request already used invoice 1's first key with other params.
+def use_first_key_elsewhere() -> None:
+    """Send invoice 1's first idempotency key with other params.
+
+    Another request would do that, and Stripe then rejects the invoice's
+    first attempt.
+    """
     get_stripe().v1.payment_intents.create(
         params={
             "amount": 100,
@@ -228,6 +231,11 @@ def test_idempotency_mismatch_fails_job(worker, stripe_server):
         },
         options={"idempotency_key": idempotency_key(1, 1)},
     )
+
+
+def test_idempotency_mismatch_fails_job(worker, stripe_server):
+    [tenant_id] = create_tenants(1)
+    use_first_key_elsewhere()
 
     bill(tenant_id)
     wait_for(all_jobs_finished)
@@ -246,17 +254,7 @@ def test_idempotency_mismatch_fails_job(worker, stripe_server):
 
 def test_rejected_charge_waits_for_new_details(worker, stripe_server, client, operator):
     [tenant_id] = create_tenants(1)
-    # Another request already used invoice 1's first key with other params,
-    # so Stripe rejects the first attempt.
-    get_stripe().v1.payment_intents.create(
-        params={
-            "amount": 100,
-            "currency": "eur",
-            "payment_method": "pm_card_visa",
-            "confirm": True,
-        },
-        options={"idempotency_key": idempotency_key(1, 1)},
-    )
+    use_first_key_elsewhere()
     bill(tenant_id)
     wait_for(all_jobs_finished)
     failed = get_job("charge-invoice:1:1")
