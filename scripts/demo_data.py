@@ -128,43 +128,48 @@ def backdate_signups(tenant_ids: list[int], *, created_at: dt.datetime) -> None:
 
 
 def ensure_clinics(api: ApiClient, stripe_client: stripe.StripeClient) -> list[Clinic]:
-    """Create the demo clinics that do not exist yet, and return all of them."""
+    """Create the demo clinics that do not exist yet, and return all of them.
+
+    A clinic whose Stripe customer is missing from this checkout's localstripe
+    state (the demo database outlived it, or another checkout created it) gets
+    a new customer and card, stored through the API.
+    """
     definitions = demo_clinics()
     existing = find_tenants([clinic.name for clinic in definitions])
     clinics = []
+    restored = 0
     for clinic in definitions:
         if clinic.name in existing:
             tenant_id, customer = existing[clinic.name]
-            _check_customer(stripe_client, clinic.name, customer)
+            if not _customer_exists(stripe_client, customer):
+                _give_new_customer(api, stripe_client, clinic, tenant_id)
+                restored += 1
             clinics.append(Clinic(tenant_id, clinic.name, created=False))
         else:
             tenant_id = _create_clinic(api, stripe_client, clinic)
             clinics.append(Clinic(tenant_id, clinic.name, created=True))
+    if restored:
+        print(
+            f"{restored} clinics referred to Stripe customers that the localstripe "
+            f"state in {LOCALSTRIPE_STATE_DIR} does not contain; they got new ones."
+        )
     return clinics
 
 
-def _check_customer(
-    stripe_client: stripe.StripeClient, name: str, customer: str | None
-) -> None:
-    """Raise DemoError if localstripe no longer has the clinic's customer."""
+def _customer_exists(stripe_client: stripe.StripeClient, customer: str | None) -> bool:
+    if not customer:
+        return False
     try:
-        if customer:
-            stripe_client.v1.customers.retrieve(customer)
-            return
+        stripe_client.v1.customers.retrieve(customer)
     except stripe.InvalidRequestError:
-        pass
-    raise DemoError(
-        f"clinic {name!r} refers to Stripe customer {customer!r}, which the "
-        f"localstripe state in {LOCALSTRIPE_STATE_DIR} does not contain. To start "
-        "the demo data afresh, drop the demo database (dropdb -h 127.0.0.1 "
-        "-U postgres vetqueue_demo) and run the demo again."
-    )
+        return False
+    return True
 
 
-def _create_clinic(
-    api: ApiClient, stripe_client: stripe.StripeClient, clinic: DemoClinic
-) -> int:
-    """Create a localstripe customer with the clinic's card, then the tenant."""
+def _create_customer(
+    stripe_client: stripe.StripeClient, clinic: DemoClinic
+) -> tuple[str, str]:
+    """Create a localstripe customer with the clinic's card; return both ids."""
     try:
         customer = stripe_client.v1.customers.create(
             params={"name": clinic.name, "metadata": {"source": "vetqueue-demo"}}
@@ -176,6 +181,32 @@ def _create_clinic(
         raise DemoError(
             f"creating the localstripe customer of {clinic.name!r} failed: {error}"
         ) from error
+    return customer.id, payment_method.id
+
+
+def _give_new_customer(
+    api: ApiClient,
+    stripe_client: stripe.StripeClient,
+    clinic: DemoClinic,
+    tenant_id: int,
+) -> None:
+    customer, payment_method = _create_customer(stripe_client, clinic)
+    api.call(
+        "PATCH",
+        f"/v1/tenants/{tenant_id}",
+        expected=(200,),
+        body={
+            "stripe_customer_id": customer,
+            "stripe_payment_method_id": payment_method,
+        },
+    )
+
+
+def _create_clinic(
+    api: ApiClient, stripe_client: stripe.StripeClient, clinic: DemoClinic
+) -> int:
+    """Create a localstripe customer with the clinic's card, then the tenant."""
+    customer, payment_method = _create_customer(stripe_client, clinic)
     _, tenant = api.call(
         "POST",
         "/v1/tenants",
@@ -185,8 +216,8 @@ def _create_clinic(
             "time_zone": clinic.time_zone,
             "plan_price_cents": clinic.plan_price_cents,
             "currency": clinic.currency,
-            "stripe_customer_id": customer.id,
-            "stripe_payment_method_id": payment_method.id,
+            "stripe_customer_id": customer,
+            "stripe_payment_method_id": payment_method,
         },
     )
     return int(tenant["id"])
