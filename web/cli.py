@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import click
@@ -15,6 +16,31 @@ from models.tenants import Tenant
 keys = AppGroup("keys", help="Create, list and revoke API keys.")
 
 
+class TenantIdType(click.ParamType):
+    """A tenant id written with the digits 0-9 only, as the API takes it.
+
+    click's own integer types parse with int(), which also reads other
+    scripts' digits.
+    """
+
+    name = "integer"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value)
+        if not re.fullmatch(r"[0-9]{1,19}", text) or not 1 <= int(text) < 2**63:
+            self.fail(
+                f"{text!r} is not a tenant id: expected a whole number from 1 "
+                "written with the digits 0-9",
+                param,
+                ctx,
+            )
+        return int(text)
+
+
 @keys.command("create")
 @click.option(
     "--role",
@@ -24,7 +50,7 @@ keys = AppGroup("keys", help="Create, list and revoke API keys.")
 )
 @click.option(
     "--tenant-id",
-    type=click.IntRange(min=1, max=2**63 - 1),
+    type=TenantIdType(),
     help="Tenant the key belongs to; required with --role tenant.",
 )
 @click.option(

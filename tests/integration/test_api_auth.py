@@ -284,6 +284,8 @@ def test_cli_creates_tenant_key(app, client, make_tenant):
         (["--role", "operator", "--tenant-id", "1"], 2, "only valid with"),
         (["--role", "admin"], 2, "--role"),
         (["--role", "tenant", "--tenant-id", "zero"], 2, "--tenant-id"),
+        (["--role", "tenant", "--tenant-id", "\u0661"], 2, "is not a tenant id"),
+        (["--role", "tenant", "--tenant-id", "0"], 2, "is not a tenant id"),
     ],
 )
 def test_cli_create_rejects_bad_options(app, args, expected_code, expected_text):
