@@ -242,7 +242,7 @@ def bill_tenant(params: BillTenantParams) -> dict[str, Any]:
         row = rows[0] if rows else None
         if row is not None and row.billable and row.invoice_id is None:
             # Another transaction created the invoice after this statement's
-            # snapshot was taken. The same statement run again sees it.
+            # snapshot was taken. The same statement, run again, finds it.
             rows, _ = run_sql(conn, BILL_TENANT, arguments)
             row = rows[0] if rows else None
     if row is None:

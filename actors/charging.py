@@ -19,7 +19,7 @@ from typing import Any
 
 import stripe
 from pydantic import Field
-from sqlalchemy import Row, func, select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -294,7 +294,7 @@ def _open_attempt(
     )
 
 
-def _why_not_due(invoice: Row, attempt_number: int) -> str | None:
+def _why_not_due(invoice: Any, attempt_number: int) -> str | None:
     if attempt_number != invoice.attempt_count + 1:
         return (
             f"attempt {attempt_number} is not next; "

@@ -67,16 +67,6 @@ def transaction() -> Iterator[Session]:
 
 
 @contextmanager
-def connection() -> Iterator[Connection]:
-    """Open a Core connection in a transaction that commits when the block ends.
-
-    Cheaper than a session for a few prebuilt statements on a hot path.
-    """
-    with get_engine().begin() as conn:
-        yield conn
-
-
-@contextmanager
 def driver_autocommit() -> Iterator[psycopg.Connection]:
     """Lend a pooled psycopg connection on which every statement commits on its own.
 

@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     @field_validator("stripe_api_base")
     @classmethod
     def _check_api_base(cls, value: str) -> str:
-        _check_http_url(value, what="address")
+        _check_http_url(value, kind="address")
         return value.rstrip("/")
 
     @field_validator("stripe_proxy_url", mode="before")
@@ -118,7 +118,7 @@ class Settings(BaseSettings):
         if value == "":
             return None
         if isinstance(value, str):
-            _check_http_url(value, what="proxy address")
+            _check_http_url(value, kind="proxy address")
         return value
 
     @field_validator("dunning_retry_days", mode="before")
@@ -144,11 +144,11 @@ def _ascii_int(text: str) -> int:
     return int(text)
 
 
-def _check_http_url(value: str, *, what: str) -> None:
+def _check_http_url(value: str, *, kind: str) -> None:
     """Raise ValueError unless ``value`` is an http:// or https:// URL with a host."""
     parts = urlsplit(value)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// {what} with a host")
+        raise ValueError(f"expected an http:// or https:// {kind} with a host")
 
 
 def load_settings(**overrides: object) -> Settings:

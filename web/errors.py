@@ -202,7 +202,7 @@ def require_json_body() -> None:
     _reject_cut_stream(len(data))
     if request.content_length is not None and len(data) < request.content_length:
         # The client stopped sending, and has most likely gone. Going on would
-        # commit work whose response nobody reads, so a retry would repeat it.
+        # commit work whose response no client reads, so a retry would repeat it.
         raise ApiError(
             400,
             "incomplete_body",
