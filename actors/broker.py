@@ -10,11 +10,11 @@ from typing import Any
 
 import dramatiq
 import pydantic
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Retries
 
 from actors.errors import Defer, LedgerUnavailable, MalformedMessage, PermanentJobError
 from actors.middleware import LedgerMiddleware, current_run
+from actors.redis_broker import BatchingRedisBroker
 from actors.registry import JOB_TYPES, JobType, load_job_modules
 from infra.db import driver_autocommit
 from infra.settings import Settings, get_settings
@@ -23,13 +23,15 @@ from models.jobs import JobStatus, finish
 logger = logging.getLogger(__name__)
 
 
-def setup_broker(settings: Settings | None = None) -> RedisBroker:
+def setup_broker(settings: Settings | None = None) -> BatchingRedisBroker:
     """Create the broker, make it Dramatiq's global broker, and declare all actors.
 
     Every process calls this once at start-up, before it enqueues or consumes.
     """
     settings = settings or get_settings()
-    broker = RedisBroker(url=settings.redis_url, namespace=settings.dramatiq_namespace)
+    broker = BatchingRedisBroker(
+        url=settings.redis_url, namespace=settings.dramatiq_namespace
+    )
     broker.add_middleware(
         LedgerMiddleware(
             lease_grace_s=settings.lease_grace_s,
@@ -46,7 +48,7 @@ def setup_broker(settings: Settings | None = None) -> RedisBroker:
 
 
 def _declare_actor(
-    broker: RedisBroker, job_type: JobType, settings: Settings
+    broker: BatchingRedisBroker, job_type: JobType, settings: Settings
 ) -> dramatiq.Actor:
     return dramatiq.actor(
         functools.partial(run_job, job_type),

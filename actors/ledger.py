@@ -19,11 +19,15 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from actors.errors import InvalidJobParams, UnknownJobType
+from actors.redis_broker import BatchingRedisBroker
 from actors.registry import JOB_TYPES, JobParams, JobType
 from infra.db import transaction
 from models.jobs import Job, JobRecord, NewJob, insert_jobs
 
 logger = logging.getLogger(__name__)
+
+# Messages per Redis round trip when several jobs are sent at once.
+SEND_BATCH_SIZE = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,9 +169,16 @@ def send_messages(jobs: Iterable[Job | JobRecord]) -> int:
     """Send one message per job and return how many were sent.
 
     A send that fails is logged, not raised: the job is safe in the ledger and
-    the sweeper sends it once it is overdue.
+    the sweeper sends it once it is overdue. Several messages go to Redis in
+    batches of ``SEND_BATCH_SIZE``, one round trip each.
     """
     broker = dramatiq.get_broker()
+    jobs = list(jobs)
+    if len(jobs) > 1 and isinstance(broker, BatchingRedisBroker):
+        return sum(
+            _send_batch(broker, jobs[start : start + SEND_BATCH_SIZE])
+            for start in range(0, len(jobs), SEND_BATCH_SIZE)
+        )
     sent = 0
     for job in jobs:
         try:
@@ -181,6 +192,25 @@ def send_messages(jobs: Iterable[Job | JobRecord]) -> int:
             continue
         sent += 1
     return sent
+
+
+def _send_batch(broker: BatchingRedisBroker, jobs: list[Job | JobRecord]) -> int:
+    try:
+        broker.enqueue_batch([build_message(job) for job in jobs])
+    except Exception:
+        # Part of the batch may have arrived. The sweeper resends only the
+        # jobs whose message is missing, and a duplicate delivery cannot claim
+        # a job twice.
+        logger.warning(
+            "sending %d messages (jobs %s to %s) failed; the sweeper will resend"
+            " those still waiting",
+            len(jobs),
+            jobs[0].id,
+            jobs[-1].id,
+            exc_info=True,
+        )
+        return 0
+    return len(jobs)
 
 
 def scoped_dedup_key(*, tenant_id: int | None, key: str) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import math
 import sys
 import time
 from pathlib import Path
@@ -379,7 +378,7 @@ def run_vetqueue(
     stripe_server.set_latency(latency_ms=STRIPE_LATENCY_MS)
     # The engine's pool keeps DB_POOL_SIZE connections and opens as many more on
     # demand, so this gives every worker thread a connection without waiting.
-    pool_size = max(10, math.ceil(args.threads / 2))
+    pool_size = max(10, args.threads)
     environment = bench_environment(
         stripe_api_base=stripe_server.url,
         STRIPE_MAX_CONCURRENCY=str(stripe_concurrency),
