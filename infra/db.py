@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -114,7 +115,11 @@ def run_sql(
         return rows, result.rowcount
     with target.cursor(row_factory=namedtuple_row) as cursor:
         cursor.execute(sql, params)
-        rows = cursor.fetchall() if cursor.description is not None else []
+        # The result status tells whether rows came back. Reading
+        # ``cursor.description`` instead builds a column object per field.
+        result = cursor.pgresult
+        returned_rows = result is not None and result.status == pq.ExecStatus.TUPLES_OK
+        rows = cursor.fetchall() if returned_rows else []
         return rows, cursor.rowcount
 
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
+from typing import Any, NoReturn
 
-import requests
 import stripe
-from requests.adapters import HTTPAdapter
+import urllib3
 
 from infra.settings import get_settings
+
+# Worker threads share one client, and its connection pool keeps this many
+# connections to Stripe open for reuse.
+POOL_CONNECTIONS = 64
 
 
 @functools.cache
@@ -20,10 +25,10 @@ def get_stripe() -> stripe.StripeClient:
     with the same idempotency key.
     """
     settings = get_settings()
-    http_client = stripe.RequestsClient(
-        timeout=(settings.stripe_connect_timeout_s, settings.stripe_read_timeout_s),
-        session=_session(),
-        proxy=settings.stripe_proxy_url,
+    http_client = Urllib3Client(
+        connect_timeout_s=settings.stripe_connect_timeout_s,
+        read_timeout_s=settings.stripe_read_timeout_s,
+        proxy_url=settings.stripe_proxy_url,
     )
     return stripe.StripeClient(
         settings.stripe_api_key,
@@ -33,21 +38,99 @@ def get_stripe() -> stripe.StripeClient:
     )
 
 
-# Worker threads share one session, and its connection pool keeps this many
-# connections to Stripe open for reuse.
-POOL_CONNECTIONS = 64
+class Urllib3Client(stripe.HTTPClient):
+    """A Stripe HTTP client that sends requests through urllib3's connection pool.
 
-
-def _session() -> requests.Session:
-    """Return a session that does not read proxy settings from the environment.
-
-    With ``trust_env`` on, requests scans every environment variable on each
-    request to find proxy settings, which cost more CPU per charge than
-    sending it. ``STRIPE_PROXY_URL`` sets a proxy explicitly instead.
+    The SDK's ``RequestsClient`` goes through requests, which sits on urllib3
+    and, per request, merges session settings, cookies and hooks that Stripe
+    calls never use. Measured on one thread against a local server, a
+    PaymentIntent cost about 0.9 ms of client CPU through requests and 0.6 ms
+    through this client. Certificates are checked against the CA bundle that
+    the SDK ships, as ``RequestsClient`` does, and no request is retried or
+    redirected here.
     """
-    session = requests.Session()
-    session.trust_env = False
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=POOL_CONNECTIONS)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+
+    name = "urllib3"
+
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        proxy_url: str | None = None,
+    ) -> None:
+        super().__init__(verify_ssl_certs=True, proxy=proxy_url)
+        options: dict[str, Any] = {
+            "maxsize": POOL_CONNECTIONS,
+            "timeout": urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
+            "retries": False,
+            "cert_reqs": "CERT_REQUIRED",
+            "ca_certs": stripe.ca_bundle_path,
+        }
+        self._pool: urllib3.PoolManager
+        if proxy_url:
+            self._pool = urllib3.ProxyManager(proxy_url, **options)
+        else:
+            self._pool = urllib3.PoolManager(**options)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        post_data: Any = None,
+        *,
+        _usage: list[str] | None = None,
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        response = self._send(method, url, headers, post_data, preload_content=True)
+        return response.data, response.status, response.headers
+
+    def request_stream(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        post_data: Any = None,
+        *,
+        _usage: list[str] | None = None,
+    ) -> tuple[Any, int, Mapping[str, str]]:
+        response = self._send(method, url, headers, post_data, preload_content=False)
+        return response, response.status, response.headers
+
+    def close(self) -> None:
+        self._pool.clear()
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        body: Any,
+        *,
+        preload_content: bool,
+    ) -> urllib3.BaseHTTPResponse:
+        try:
+            return self._pool.request(
+                method.upper(),
+                url,
+                body=body,
+                headers=dict(headers or {}),
+                redirect=False,
+                preload_content=preload_content,
+            )
+        except urllib3.exceptions.SSLError as error:
+            # The SDK's own retries read should_retry, and a certificate that
+            # failed to verify fails again.
+            _raise_connection_error(error, should_retry=False)
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            # After a refused or dropped connection or a timeout, the request
+            # may or may not have reached Stripe, so it may be sent again with
+            # its idempotency key.
+            _raise_connection_error(error, should_retry=True)
+
+
+def _raise_connection_error(error: Exception, *, should_retry: bool) -> NoReturn:
+    raise stripe.APIConnectionError(
+        f"request to Stripe failed: {type(error).__name__}: {error}",
+        should_retry=should_retry,
+    ) from error
