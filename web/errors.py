@@ -157,19 +157,33 @@ def validation_error_response(error: pydantic.ValidationError) -> Response:
 
 
 class StrictJSONProvider(DefaultJSONProvider):
-    """Flask's JSON provider, rejecting NaN and Infinity, which are not JSON.
+    """Flask's JSON provider, rejecting NaN, Infinity and repeated object keys.
 
-    PostgreSQL's jsonb rejects them too, so accepting them would turn a bad
-    request into a database error.
+    NaN and Infinity are not JSON, and PostgreSQL's jsonb rejects them too, so
+    accepting them would turn a bad request into a database error. With a
+    repeated key, parsers disagree on which value counts (Python's keeps the
+    last), so the request is ambiguous.
     """
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         kwargs.setdefault("parse_constant", _reject_constant)
+        kwargs.setdefault("object_pairs_hook", _reject_repeated_keys)
         return json.loads(s, **kwargs)
 
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a valid JSON number")
+
+
+def _reject_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"key {key!r} appears more than once in an object")
+            seen.add(key)
+    return document
 
 
 def assign_request_id() -> None:

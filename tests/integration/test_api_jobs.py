@@ -267,6 +267,24 @@ def test_enqueue_empty_or_nan_body_rejected(client, operator, data):
     assert response.json["error"]["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"type": "billing_run", "type": "charge_due_invoices"}',
+        '{"type": "billing_run", "params": {"period": "2025-06", "period": "2025-07"}}',
+    ],
+)
+def test_enqueue_repeated_key_rejected(client, operator, data):
+    headers = {**operator.headers, "Content-Type": "application/json"}
+
+    response = client.post("/v1/jobs", data=data, headers=headers)
+
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "invalid_json"
+    assert "appears more than once" in response.json["error"]["message"]
+    assert job_count() == 0
+
+
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/xml"])
 def test_enqueue_wrong_content_type_rejected(client, operator, content_type):
     headers = dict(operator.headers)
