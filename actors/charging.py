@@ -156,9 +156,21 @@ def charge_invoice(params: ChargeInvoiceParams) -> dict[str, Any]:
         stripe.AuthenticationError,
         stripe.PermissionError,
     ) as error:
-        _record_error(pending, error)
+        _record_error(pending, str(error))
         raise PermanentJobError(f"Stripe rejected the charge: {error}") from error
 
+    if intent.status != "succeeded":
+        # A confirmed off-session card payment normally ends succeeded or
+        # raises a card error. Any other status, such as processing for a
+        # payment method that settles later, is not a payment yet. A new
+        # attempt would create a second PaymentIntent that might also charge
+        # the clinic, so the invoice waits for an operator.
+        reason = (
+            f"PaymentIntent {intent.id} is {intent.status}, not succeeded; "
+            "check it in Stripe before the invoice is charged again"
+        )
+        _record_error(pending, reason, payment_intent_id=intent.id)
+        raise PermanentJobError(reason)
     return _record_success(pending, intent)
 
 
@@ -245,12 +257,12 @@ def _open_attempt(
 
     if row.attempt_id is not None:
         if row.attempt_outcome == ChargeOutcome.ERROR:
-            # Running this attempt again would send the rejected request again.
+            # Running this attempt again would send the same request again.
             raise PermanentJobError(
-                f"attempt {params.attempt_number} of invoice {row.id} was rejected "
-                f"by Stripe: {row.attempt_error}. Correct the tenant's Stripe "
-                "customer or payment method, which makes the invoice due for a "
-                "new attempt"
+                f"attempt {params.attempt_number} of invoice {row.id} did not "
+                f"complete: {row.attempt_error}. Correcting the tenant's Stripe "
+                "customer or payment method makes the invoice due for a new "
+                "attempt"
             )
         if row.attempt_outcome != ChargeOutcome.PENDING:
             return {
@@ -467,23 +479,30 @@ def _record_decline(
     return result
 
 
-def _record_error(pending: PendingCharge, error: stripe.StripeError) -> None:
+def _record_error(
+    pending: PendingCharge, error: str, *, payment_intent_id: str | None = None
+) -> None:
+    """Close the attempt as an error and hold the invoice for new details.
+
+    For a request Stripe rejected (an unknown customer or payment method, say)
+    and for a PaymentIntent that did not succeed. The same details would fail
+    again, so the invoice waits until the tenant's Stripe details change,
+    which re-arms it for a new attempt with a new key.
+    """
     with transaction() as session:
         invoice, attempt = _lock(session, pending)
         if attempt.outcome != ChargeOutcome.PENDING:
             return
         attempt.outcome = ChargeOutcome.ERROR
-        attempt.error = str(error)[:1000]
+        attempt.error = error[:1000]
         attempt.finished_at = func.now()
+        if payment_intent_id is not None:
+            attempt.stripe_payment_intent_id = payment_intent_id
         invoice.status = InvoiceStatus.PAYMENT_FAILED
         invoice.next_attempt_at = None
-        # Stripe rejected the request itself (an unknown customer or payment
-        # method, say), so the same details would fail again. The invoice
-        # waits until the tenant's Stripe details change, which re-arms it
-        # for a new attempt with a new key.
         invoice.awaiting_payment_method = True
     logger.error(
-        "Stripe rejected the charge request: %s",
+        "charge not completed: %s",
         error,
         extra={"invoice_id": pending.invoice_id, "tenant_id": pending.tenant_id},
     )

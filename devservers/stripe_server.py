@@ -41,11 +41,15 @@ optional ``match`` (``{"payment_method": ...}`` or ``{"idempotency_key_prefix":
 - ``{"kind": "delay", "seconds": 2.5}``: sleeps, then processes normally. A request
   that charges keeps its idempotency key reserved while it sleeps, so the same key
   gets 409 meanwhile.
+- ``{"kind": "processing"}``: the PaymentIntent is created in status
+  ``processing`` with nothing received yet, as for a payment method that settles
+  later, and saved under its key like any other response.
 
 ``DELETE /_test/faults`` clears the queue. ``POST /_test/config`` with
 ``{"latency_ms": 50}`` delays every payment_intents request before its key is taken.
-``GET /_test/payment_intents`` returns ``{"data": [succeeded], "declined":
-[declined], "requests": POST count}``. ``POST /_test/reset`` clears everything.
+``GET /_test/payment_intents`` returns ``{"data": [succeeded], "declined": [the
+others: declined or processing], "requests": POST count}``. ``POST /_test/reset``
+clears everything.
 
 Connections close after each response (HTTP/1.0), so a test that stops the
 server leaves no connection open. ``StripeTestServer(keep_alive=True)`` keeps
@@ -80,7 +84,7 @@ HOST = "127.0.0.1"
 _ID_ALPHABET = string.ascii_letters + string.digits
 _METADATA_KEY = re.compile(r"^metadata\[(.+)\]$")
 _PAYMENT_INTENT_PATH = re.compile(r"^/v1/payment_intents/(\w+)$")
-_FAULT_KINDS = ("status", "drop_before", "drop_after_charge", "delay")
+_FAULT_KINDS = ("status", "drop_before", "drop_after_charge", "delay", "processing")
 
 Response = tuple[int, dict[str, Any]]
 Parameters = dict[str, list[str]]
@@ -258,7 +262,9 @@ def _validate(parameters: Parameters) -> Response | None:
     return None
 
 
-def _charge(state: _State, parameters: Parameters) -> Response:
+def _charge(
+    state: _State, parameters: Parameters, *, processing: bool = False
+) -> Response:
     """Create and store a PaymentIntent, returning the response Stripe would send."""
     payment_method = _last(parameters, "payment_method")
     amount = int(_last(parameters, "amount"))
@@ -284,6 +290,8 @@ def _charge(state: _State, parameters: Parameters) -> Response:
         "payment_method": payment_method,
         "status": "succeeded",
     }
+    if processing:
+        intent.update(amount_received=0, status="processing")
     response: Response = (200, intent)
     if decline is not None:
         error: dict[str, Any] = {
@@ -449,7 +457,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if fault is not None and fault.kind == "delay":
                 time.sleep(fault.seconds)
-            response = _charge(state, parameters)
+            processing = fault is not None and fault.kind == "processing"
+            response = _charge(state, parameters, processing=processing)
             if scoped_key is not None:
                 saved = _SavedResponse(
                     _normalize(parameters), *response, self._request_id
@@ -649,7 +658,7 @@ class StripeTestServer:
         return self._state_owner().state.list_payment_intents(declined=False)
 
     def declined_payment_intents(self) -> list[dict[str, Any]]:
-        """Return copies of the declined PaymentIntents, oldest first."""
+        """Return copies of the PaymentIntents that did not succeed, oldest first."""
         return self._state_owner().state.list_payment_intents(declined=True)
 
     @property

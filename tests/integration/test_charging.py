@@ -252,6 +252,31 @@ def test_idempotency_mismatch_fails_job(worker, stripe_server):
     assert len(stripe_server.payment_intents()) == 1
 
 
+def test_processing_intent_not_recorded_paid(worker, stripe_server):
+    [tenant_id] = create_tenants(1)
+    stripe_server.add_faults([{"kind": "processing"}])
+
+    bill(tenant_id)
+    wait_for(all_jobs_finished)
+    result = charge_due_invoices(ChargeDueInvoicesParams(slot="after-processing"))
+
+    job = get_job("charge-invoice:1:1")
+    [invoice] = invoices()
+    [attempt] = charge_attempts()
+    [intent] = stripe_server.declined_payment_intents()
+    assert intent["status"] == "processing"
+    assert job.status == JobStatus.FAILED
+    assert job.attempts == 1
+    assert f"PaymentIntent {intent['id']} is processing" in job.last_error
+    assert attempt.outcome.value == "error"
+    assert attempt.stripe_payment_intent_id == intent["id"]
+    assert invoice.status.value == "payment_failed"
+    assert invoice.awaiting_payment_method is True
+    assert invoice.paid_at is None
+    assert result == {"enqueued": 0}
+    assert stripe_server.payment_intents() == []
+
+
 def test_rejected_charge_waits_for_new_details(worker, stripe_server, client, operator):
     [tenant_id] = create_tenants(1)
     use_first_key_elsewhere()
@@ -267,7 +292,7 @@ def test_rejected_charge_waits_for_new_details(worker, stripe_server, client, op
     wait_for(all_jobs_finished)
     retried = get_job("charge-invoice:1:1")
     assert retried.status == JobStatus.FAILED
-    assert "was rejected by Stripe" in retried.last_error
+    assert "did not complete" in retried.last_error
     assert len(charge_attempts()) == 1
 
     # New Stripe details make the invoice due for a second attempt.
