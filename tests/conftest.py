@@ -89,6 +89,18 @@ def wait_for(
         time.sleep(interval_s)
 
 
+def run_worker_until(
+    broker: dramatiq.Broker, predicate: Callable[[], object], *, timeout_s: float
+) -> None:
+    """Run an in-process worker on every queue until ``predicate`` holds."""
+    worker = dramatiq.Worker(broker, worker_threads=4)
+    worker.start()
+    try:
+        wait_for(predicate, timeout_s=timeout_s)
+    finally:
+        worker.stop()
+
+
 def alembic_config(database_url: str) -> Config:
     config = Config(os.path.join(ROOT, "alembic.ini"))
     config.set_main_option("script_location", os.path.join(ROOT, "alembic"))

@@ -16,7 +16,7 @@ from actors.maintenance import ScheduledParams, sweep_jobs
 from infra.db import transaction
 from infra.redis import get_redis
 from models.jobs import DedupKeyConflict, Job, JobStatus, claim, finish
-from tests.conftest import wait_for
+from tests.conftest import run_worker_until, wait_for
 from tests.factories import (
     all_jobs_finished,
     create_tenants,
@@ -224,12 +224,7 @@ def test_redis_flush_loses_no_job(broker):
     assert queued_payloads("charges") == 0
     time.sleep(1.2)
     summary = sweep_jobs(ScheduledParams(slot="after-flush"))
-    recovery_worker = dramatiq.Worker(broker, worker_threads=4)
-    recovery_worker.start()
-    try:
-        wait_for(all_jobs_finished, timeout_s=60)
-    finally:
-        recovery_worker.stop()
+    run_worker_until(broker, all_jobs_finished, timeout_s=60)
 
     assert summary["resent"] >= 20
     assert sorted(invoice.tenant_id for invoice in invoices()) == sorted(tenant_ids)

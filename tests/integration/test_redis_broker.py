@@ -21,7 +21,7 @@ from infra.db import transaction
 from infra.redis import get_redis
 from infra.settings import get_settings
 from models.jobs import Job
-from tests.conftest import wait_for
+from tests.conftest import run_worker_until, wait_for
 from tests.factories import all_jobs_finished, create_tenants, invoices
 
 NAMESPACE = "vetqueue-test"
@@ -181,12 +181,7 @@ def test_cut_batch_resent_by_sweeper(broker, cut_broker, caplog):
     time.sleep(1.2)
     summary = sweep_jobs(ScheduledParams(slot="after-cut"))
     assert summary["resent"] == 300 - len(arrived)
-    worker = dramatiq.Worker(broker, worker_threads=4)
-    worker.start()
-    try:
-        wait_for(all_jobs_finished, timeout_s=120)
-    finally:
-        worker.stop()
+    run_worker_until(broker, all_jobs_finished, timeout_s=120)
 
     billed = sorted(invoice.tenant_id for invoice in invoices())
     assert billed == sorted(tenant_ids)
