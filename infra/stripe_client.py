@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -69,7 +70,10 @@ class Urllib3Client(stripe.HTTPClient):
         }
         self._pool: urllib3.PoolManager
         if proxy_url:
-            self._pool = urllib3.ProxyManager(proxy_url, **options)
+            address, proxy_headers = _split_proxy_credentials(proxy_url)
+            self._pool = urllib3.ProxyManager(
+                address, proxy_headers=proxy_headers, **options
+            )
         else:
             self._pool = urllib3.PoolManager(**options)
 
@@ -127,6 +131,27 @@ class Urllib3Client(stripe.HTTPClient):
             # may or may not have reached Stripe, so it may be sent again with
             # its idempotency key.
             _raise_connection_error(error, should_retry=True)
+
+
+def _split_proxy_credentials(proxy_url: str) -> tuple[str, dict[str, str]]:
+    """Return the proxy address without credentials, and its auth header.
+
+    urllib3 does not send the ``user:password@`` of a proxy address, so the
+    credentials go in a Proxy-Authorization header (Basic), as requests sends
+    them.
+    """
+    parts = urllib.parse.urlsplit(proxy_url)
+    if parts.username is None:
+        return proxy_url, {}
+    credentials = urllib.parse.unquote(parts.username)
+    if parts.password is not None:
+        credentials += ":" + urllib.parse.unquote(parts.password)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    address = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return address, urllib3.make_headers(proxy_basic_auth=credentials)
 
 
 def _raise_connection_error(error: Exception, *, should_retry: bool) -> NoReturn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import socket
@@ -50,11 +51,15 @@ def create_intent(client: stripe.StripeClient, key: str) -> stripe.PaymentIntent
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     seen: list[tuple[str, str]]
+    required_auth: str | None = None
 
 
-def serve(handler: type[BaseHTTPRequestHandler]) -> _Server:
+def serve(
+    handler: type[BaseHTTPRequestHandler], *, required_auth: str | None = None
+) -> _Server:
     server = _Server(("127.0.0.1", 0), handler)
     server.seen = []
+    server.required_auth = required_auth
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -72,6 +77,13 @@ class _ForwardProxy(BaseHTTPRequestHandler):
 
     def _forward(self) -> None:
         self.server.seen.append((self.command, self.path))
+        required = self.server.required_auth
+        if required is not None and self.headers.get("Proxy-Authorization") != required:
+            self.send_response(407)
+            self.send_header("Proxy-Authenticate", 'Basic realm="test"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         target = urllib.parse.urlsplit(self.path)
         if target.hostname not in ("127.0.0.1", "::1"):
             self.send_error(403, "this proxy forwards to loopback only")
@@ -158,6 +170,24 @@ def test_charge_goes_through_proxy(stripe_test_server, forward_proxy, stripe_ser
         ("POST", f"{stripe_test_server.url}/v1/payment_intents")
     ]
     assert len(stripe_test_server.payment_intents()) == 1
+
+
+def test_proxy_credentials_sent_as_basic_auth(stripe_test_server, stripe_server):
+    expected = "Basic " + base64.b64encode(b"clinic:s3cr@t").decode()
+    proxy = serve(_ForwardProxy, required_auth=expected)
+    proxy_url = f"http://clinic:s3cr%40t@127.0.0.1:{proxy.server_address[1]}"
+    original_base = os.environ["STRIPE_API_BASE"]
+    reconfigure(STRIPE_API_BASE=stripe_test_server.url, STRIPE_PROXY_URL=proxy_url)
+    try:
+        intent = create_intent(get_stripe(), "proxy-auth-1")
+    finally:
+        os.environ.pop("STRIPE_PROXY_URL")
+        reconfigure(STRIPE_API_BASE=original_base)
+        proxy.shutdown()
+        proxy.server_close()
+
+    assert intent.status == "succeeded"
+    assert len(proxy.seen) == 1
 
 
 def test_untrusted_certificate_not_retryable(self_signed_server):
