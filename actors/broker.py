@@ -17,6 +17,7 @@ from actors.middleware import LedgerMiddleware, current_run
 from actors.redis_broker import BatchingRedisBroker
 from actors.registry import JOB_TYPES, JobType, load_job_modules
 from infra.db import driver_autocommit
+from infra.redis import connect
 from infra.settings import Settings, get_settings
 from models.jobs import JobStatus, finish
 
@@ -30,7 +31,7 @@ def setup_broker(settings: Settings | None = None) -> BatchingRedisBroker:
     """
     settings = settings or get_settings()
     broker = BatchingRedisBroker(
-        url=settings.redis_url, namespace=settings.dramatiq_namespace
+        client=connect(settings.redis_url), namespace=settings.dramatiq_namespace
     )
     broker.add_middleware(
         LedgerMiddleware(

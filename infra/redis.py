@@ -1,4 +1,4 @@
-"""The Redis client shared by the broker, the rate limiters and health checks."""
+"""The Redis clients of the broker, the rate limiters and health checks."""
 
 from __future__ import annotations
 
@@ -9,12 +9,23 @@ import redis
 from infra.settings import get_settings
 
 
+def connect(url: str) -> redis.Redis:
+    """Return a Redis client whose connects and replies time out.
+
+    Without a socket timeout, a Redis server that stops answering without
+    closing the connection would block the caller forever: an API request
+    after its commit, or a worker thread.
+    """
+    timeout_s = get_settings().redis_timeout_s
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        health_check_interval=30,
+    )
+
+
 @functools.cache
 def get_redis() -> redis.Redis:
     """Return the process's Redis client, created on first use from the settings."""
-    return redis.Redis.from_url(
-        get_settings().redis_url,
-        socket_connect_timeout=5,
-        socket_timeout=10,
-        health_check_interval=30,
-    )
+    return connect(get_settings().redis_url)

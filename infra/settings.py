@@ -30,6 +30,12 @@ class Settings(BaseSettings):
         "redis://127.0.0.1:6379/0",
         description="Redis URL of the Dramatiq broker and the rate limiters.",
     )
+    redis_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Limit on connecting to Redis and on waiting for each reply.",
+    )
     dramatiq_namespace: str = Field(
         "dramatiq",
         pattern=r"^[A-Za-z0-9_.:-]+$",

@@ -26,6 +26,7 @@ REDIS_TEST_URL = os.environ.get("VETQUEUE_TEST_REDIS", "redis://127.0.0.1:6379/1
 TEST_ENVIRONMENT = {
     "DATABASE_URL": f"{SERVER_URL}/{TEST_DATABASE}",
     "REDIS_URL": REDIS_TEST_URL,
+    "REDIS_TIMEOUT_S": "2",
     "DRAMATIQ_NAMESPACE": "vetqueue-test",
     "STRIPE_API_KEY": "sk_test_vetqueue",
     "STRIPE_CONNECT_TIMEOUT_S": "1",

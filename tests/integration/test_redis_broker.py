@@ -18,7 +18,7 @@ from actors.ledger import SEND_BATCH_SIZE, JobRequest, enqueue_many
 from actors.maintenance import ScheduledParams, sweep_jobs
 from actors.redis_broker import BatchingRedisBroker
 from infra.db import transaction
-from infra.redis import get_redis
+from infra.redis import connect, get_redis
 from infra.settings import get_settings
 from models.jobs import Job
 from tests.conftest import run_worker_until, wait_for
@@ -186,3 +186,53 @@ def test_cut_batch_resent_by_sweeper(broker, cut_broker, caplog):
     billed = sorted(invoice.tenant_id for invoice in invoices())
     assert billed == sorted(tenant_ids)
     assert max_started("bill_tenant") == 1
+
+
+@pytest.fixture
+def silent_redis() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers, as a hung Redis."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def hold() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(connection)
+
+    threading.Thread(target=hold, daemon=True).start()
+    yield listener.getsockname()[1]
+    listener.close()
+    for connection in accepted:
+        connection.close()
+
+
+def test_silent_redis_times_out(broker, silent_redis, caplog):
+    tenant_ids = create_tenants(3)
+    requests = [
+        JobRequest(
+            params={"tenant_id": tenant_id, "period": "2026-10"},
+            dedup_key=f"bill-tenant:{tenant_id}:2026-10",
+        )
+        for tenant_id in tenant_ids
+    ]
+    silent = BatchingRedisBroker(
+        client=connect(f"redis://127.0.0.1:{silent_redis}/0"), namespace=NAMESPACE
+    )
+    dramatiq.set_broker(silent)
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="actors.ledger"):
+            batch = enqueue_many("bill_tenant", requests[:2])
+            single = enqueue_many("bill_tenant", requests[2:])
+    finally:
+        dramatiq.set_broker(broker)
+    elapsed_s = time.monotonic() - started
+
+    assert all(result.created for result in batch + single)
+    assert "sending 2 messages" in caplog.text
+    assert "sending message failed" in caplog.text
+    # REDIS_TIMEOUT_S is 2 in the tests, so each send gives up after about 2 s.
+    assert elapsed_s < 8
