@@ -33,6 +33,21 @@ def disable_pool_pre_ping() -> None:
     reset_engine()
 
 
+# libpq options that end a connection whose server went away without closing
+# it (a host that died, a network partition). A request waits at most
+# tcp_user_timeout for its data to be acknowledged, and an idle pooled
+# connection is found dead after about a minute of unanswered keepalives.
+# NOTE: a server that still acknowledges packets but never replies (a
+# stopped process on a live host) is not caught by these options.
+NETWORK_FAILURE_LIMITS = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
 @functools.cache
 def get_engine() -> Engine:
     """Return the process's engine, created on first use from the settings."""
@@ -47,6 +62,7 @@ def get_engine() -> Engine:
         connect_args={
             "options": "-c statement_timeout=30000 -c lock_timeout=10000",
             "connect_timeout": 5,
+            **NETWORK_FAILURE_LIMITS,
         },
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import psycopg
 import pytest
 from sqlalchemy import text
@@ -68,3 +70,25 @@ def test_killed_connection_is_dropped(without_pre_ping):
     with driver_autocommit() as conn:
         rows, _ = run_sql(conn, "SELECT pg_backend_pid() AS pid", {})
     assert rows[0].pid != pid
+
+
+def test_pooled_connections_limit_network_waits(database):
+    with driver_autocommit() as conn:
+        options = {
+            option.keyword.decode(): option.val
+            for option in conn.pgconn.info
+            if option.val is not None
+        }
+        sock = socket.socket(fileno=conn.pgconn.socket)
+        try:
+            keepalive = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+            user_timeout_ms = sock.getsockopt(
+                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT
+            )
+        finally:
+            sock.detach()
+
+    assert options["tcp_user_timeout"] == b"30000"
+    assert options["keepalives_idle"] == b"30"
+    assert keepalive == 1
+    assert user_timeout_ms == 30_000
