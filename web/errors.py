@@ -10,6 +10,7 @@ import inspect
 import json
 import logging
 import re
+import sys
 import uuid
 from typing import Annotated, Any
 
@@ -230,6 +231,11 @@ def require_json_body() -> None:
             document = current_app.json.loads(data)
         except ValueError as exc:
             problem = str(exc)
+            if "sys.set_int_max_str_digits" in problem:
+                # Python's message ends with advice for the server's operator.
+                problem = (
+                    f"a number has more than {sys.get_int_max_str_digits()} digits"
+                )
         except RecursionError:
             problem = "nested too deeply"
         else:

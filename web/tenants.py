@@ -348,7 +348,11 @@ def list_platform_invoices(path: TenantPath, query: InvoiceQuery) -> dict[str, A
     before_id = None
     if query.cursor is not None:
         try:
-            before_id = int(decode_cursor(query.cursor, parts=1)[0])
+            [id_text] = decode_cursor(query.cursor, parts=1)
+            # int() would also take spaces, signs and underscores.
+            if not (id_text.isascii() and id_text.isdigit()):
+                raise ValueError(f"invoice id {id_text!r} is not a number")
+            before_id = int(id_text)
             if not 0 < before_id <= MAX_BIGINT:
                 raise ValueError(f"invoice id {before_id} is out of range")
         except ValueError:

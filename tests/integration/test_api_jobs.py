@@ -267,6 +267,19 @@ def test_enqueue_empty_or_nan_body_rejected(client, operator, data):
     assert response.json["error"]["code"] == "invalid_json"
 
 
+def test_enqueue_huge_integer_rejected(client, operator):
+    headers = {**operator.headers, "Content-Type": "application/json"}
+    data = '{"type": "billing_run", "params": {"period": ' + "9" * 5000 + "}}"
+
+    response = client.post("/v1/jobs", data=data, headers=headers)
+
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "invalid_json"
+    assert "more than 4300 digits" in response.json["error"]["message"]
+    assert "set_int_max_str_digits" not in response.json["error"]["message"]
+    assert job_count() == 0
+
+
 @pytest.mark.parametrize(
     "data",
     [

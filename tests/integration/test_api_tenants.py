@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 
 import pytest
@@ -286,9 +287,20 @@ def test_list_invoices_by_operator(client, operator, tenant_a):
     assert response.json["next_cursor"] is None
 
 
+def cursor_of(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
-    [({"limit": 0}, "limit"), ({"cursor": "!!"}, "cursor"), ({"page": 2}, "page")],
+    [
+        ({"limit": 0}, "limit"),
+        ({"cursor": "!!"}, "cursor"),
+        ({"cursor": cursor_of(" 1")}, "cursor"),
+        ({"cursor": cursor_of("1_0")}, "cursor"),
+        ({"cursor": cursor_of("+5")}, "cursor"),
+        ({"page": 2}, "page"),
+    ],
 )
 def test_list_invoices_invalid_query_rejected(client, operator, tenant_a, query, field):
     response = client.get(
