@@ -63,7 +63,7 @@ api = APIBlueprint(
     url_prefix="/v1",
     abp_tags=[Tag(name="jobs", description="Jobs in the ledger")],
     abp_security=[{SECURITY_SCHEME: []}],
-    abp_responses={401: ErrorResponse},
+    abp_responses={401: ErrorResponse, **error_responses(503)},
 )
 api.before_request(authenticate_request)
 api.before_request(require_json_body)

@@ -22,7 +22,7 @@ api = APIBlueprint(
     url_prefix="/v1/ops",
     abp_tags=[Tag(name="ops", description="Operator views of queues and schedules")],
     abp_security=[{SECURITY_SCHEME: []}],
-    abp_responses={401: ErrorResponse, **error_responses(403)},
+    abp_responses={401: ErrorResponse, **error_responses(403, 503)},
 )
 api.before_request(authenticate_request)
 
