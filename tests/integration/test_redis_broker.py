@@ -35,6 +35,17 @@ def stored_messages(queue: str) -> list[dramatiq.Message]:
     return [dramatiq.Message.decode(payload) for payload in payloads]
 
 
+def bill_requests(tenant_ids: list[int]) -> list[JobRequest]:
+    """One bill_tenant request per tenant for October 2026, keyed as billing does."""
+    return [
+        JobRequest(
+            params={"tenant_id": tenant_id, "period": "2026-10"},
+            dedup_key=f"bill-tenant:{tenant_id}:2026-10",
+        )
+        for tenant_id in tenant_ids
+    ]
+
+
 def max_started(job_type: str) -> int:
     with transaction() as session:
         return session.scalar(
@@ -69,13 +80,7 @@ def test_batch_layout_matches_enqueue(broker):
 
 def test_send_many_jobs_in_batches(broker, worker):
     tenant_ids = create_tenants(SEND_BATCH_SIZE + 37)
-    requests = [
-        JobRequest(
-            params={"tenant_id": tenant_id, "period": "2026-10"},
-            dedup_key=f"bill-tenant:{tenant_id}:2026-10",
-        )
-        for tenant_id in tenant_ids
-    ]
+    requests = bill_requests(tenant_ids)
 
     results = enqueue_many("bill_tenant", requests)
 
@@ -159,13 +164,7 @@ def cut_broker(broker) -> Iterator[BatchingRedisBroker]:
 
 def test_cut_batch_resent_by_sweeper(broker, cut_broker, caplog):
     tenant_ids = create_tenants(300)
-    requests = [
-        JobRequest(
-            params={"tenant_id": tenant_id, "period": "2026-10"},
-            dedup_key=f"bill-tenant:{tenant_id}:2026-10",
-        )
-        for tenant_id in tenant_ids
-    ]
+    requests = bill_requests(tenant_ids)
 
     with caplog.at_level(logging.WARNING, logger="actors.ledger"):
         results = enqueue_many("bill_tenant", requests)
@@ -211,13 +210,7 @@ def silent_redis() -> Iterator[int]:
 
 def test_silent_redis_times_out(broker, silent_redis, caplog):
     tenant_ids = create_tenants(3)
-    requests = [
-        JobRequest(
-            params={"tenant_id": tenant_id, "period": "2026-10"},
-            dedup_key=f"bill-tenant:{tenant_id}:2026-10",
-        )
-        for tenant_id in tenant_ids
-    ]
+    requests = bill_requests(tenant_ids)
     silent = BatchingRedisBroker(
         client=connect(f"redis://127.0.0.1:{silent_redis}/0"), namespace=NAMESPACE
     )

@@ -155,15 +155,23 @@ def self_signed_server() -> Iterator[_Server]:
     server.server_close()
 
 
-def test_charge_goes_through_proxy(stripe_test_server, forward_proxy, stripe_server):
-    proxy_url = f"http://127.0.0.1:{forward_proxy.server_address[1]}"
+def charge_through_proxy(
+    stripe_test_server: StripeTestServer, proxy_url: str, key: str
+) -> stripe.PaymentIntent:
+    """Confirm a PaymentIntent with the process's client configured for a proxy."""
     original_base = os.environ["STRIPE_API_BASE"]
     reconfigure(STRIPE_API_BASE=stripe_test_server.url, STRIPE_PROXY_URL=proxy_url)
     try:
-        intent = create_intent(get_stripe(), "proxy-1")
+        return create_intent(get_stripe(), key)
     finally:
         os.environ.pop("STRIPE_PROXY_URL")
         reconfigure(STRIPE_API_BASE=original_base)
+
+
+def test_charge_goes_through_proxy(stripe_test_server, forward_proxy, stripe_server):
+    proxy_url = f"http://127.0.0.1:{forward_proxy.server_address[1]}"
+
+    intent = charge_through_proxy(stripe_test_server, proxy_url, "proxy-1")
 
     assert intent.status == "succeeded"
     assert forward_proxy.seen == [
@@ -176,13 +184,9 @@ def test_proxy_credentials_sent_as_basic_auth(stripe_test_server, stripe_server)
     expected = "Basic " + base64.b64encode(b"clinic:s3cr@t").decode()
     proxy = serve(_ForwardProxy, required_auth=expected)
     proxy_url = f"http://clinic:s3cr%40t@127.0.0.1:{proxy.server_address[1]}"
-    original_base = os.environ["STRIPE_API_BASE"]
-    reconfigure(STRIPE_API_BASE=stripe_test_server.url, STRIPE_PROXY_URL=proxy_url)
     try:
-        intent = create_intent(get_stripe(), "proxy-auth-1")
+        intent = charge_through_proxy(stripe_test_server, proxy_url, "proxy-auth-1")
     finally:
-        os.environ.pop("STRIPE_PROXY_URL")
-        reconfigure(STRIPE_API_BASE=original_base)
         proxy.shutdown()
         proxy.server_close()
 
