@@ -1,4 +1,4 @@
-"""Batched sends against real Redis: the stored layout, and a batch cut off midway."""
+"""Sends to Redis: the batch layout, a batch cut off midway, a silent server."""
 
 from __future__ import annotations
 
