@@ -77,12 +77,29 @@ def _check_time_zone(value: str) -> str:
     return value
 
 
+# ISO 4217 codes that are not money a clinic can be charged in. The other X
+# codes (the CFA and CFP francs, the East Caribbean dollar) are currencies.
+PRECIOUS_METALS = ("xag", "xau", "xpd", "xpt")
+ACCOUNTING_UNITS = ("xba", "xbb", "xbc", "xbd", "xdr", "xsu", "xua")
+NO_CURRENCY = ("xts", "xxx")
+FUND_CODES = ("bov", "che", "chw", "clf", "cou", "mxv", "usn", "uyi", "uyw")
+NOT_CHARGEABLE_CURRENCIES = frozenset(
+    PRECIOUS_METALS + ACCOUNTING_UNITS + NO_CURRENCY + FUND_CODES
+)
+
+
 def _check_currency(value: str) -> str:
     if not CURRENCY_PATTERN.match(value) or not pycountry.currencies.get(
         alpha_3=value.upper()
     ):
         raise ValueError(
             f"invalid currency {value!r}; expected a 3-letter ISO 4217 code such as eur"
+        )
+    if value.lower() in NOT_CHARGEABLE_CURRENCIES:
+        name = pycountry.currencies.get(alpha_3=value.upper()).name
+        raise ValueError(
+            f"currency {value!r} ({name}) is not money that can be charged; "
+            "use the clinic's national currency, such as eur"
         )
     return value.lower()
 

@@ -96,6 +96,9 @@ def test_create_tenant_defaults(client, operator):
         ({"stripe_payment_method_id": "card_123"}, "stripe_payment_method_id"),
         ({"plan": "gold"}, "plan"),
         ({"currency": "XYZ"}, "currency"),
+        ({"currency": "xau"}, "currency"),
+        ({"currency": "XXX"}, "currency"),
+        ({"currency": "clf"}, "currency"),
         ({"name": "Clinic\tGamma"}, "name"),
         ({"name": "Clinic\nGamma"}, "name"),
         ({"name": "\u200b"}, "name"),
@@ -110,6 +113,16 @@ def test_create_tenant_invalid_field_rejected(client, operator, change, field):
     assert response.status_code == 422
     assert error_fields(response) == [field]
     assert tenant_count() == 0
+
+
+@pytest.mark.parametrize("currency", ["xof", "XPF", "usd", "jpy"])
+def test_create_tenant_national_currency_accepted(client, operator, currency):
+    body = {**VALID_TENANT, "currency": currency}
+
+    response = client.post("/v1/tenants", json=body, headers=operator.headers)
+
+    assert response.status_code == 201
+    assert response.json["currency"] == currency.lower()
 
 
 def test_create_tenant_missing_fields_listed(client, operator):
