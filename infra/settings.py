@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -151,10 +151,31 @@ def _ascii_int(text: str) -> int:
 
 
 def _check_http_url(value: str, *, kind: str) -> None:
-    """Raise ValueError unless ``value`` is an http:// or https:// URL with a host."""
+    """Raise ValueError unless ``value`` is an http:// or https:// URL with a host.
+
+    The messages never repeat the value, which may hold a password.
+    """
+    expected = f"expected an http:// or https:// {kind} with a host"
     parts = urlsplit(value)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// {kind} with a host")
+        raise ValueError(expected)
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(
+            f"{expected} and a port from 1 to 65535; percent-encode any @, # or / "
+            "in a user name or password"
+        )
+    try:
+        for part in (parts.username, parts.password):
+            if part is not None:
+                unquote(part, errors="strict")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{expected}; percent-encode the user name and password as UTF-8"
+        ) from None
 
 
 def load_settings(**overrides: object) -> Settings:

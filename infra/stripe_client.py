@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import urllib.parse
 from collections.abc import Mapping
@@ -87,6 +88,16 @@ class Urllib3Client(stripe.HTTPClient):
         _usage: list[str] | None = None,
     ) -> tuple[bytes, int, Mapping[str, str]]:
         response = self._send(method, url, headers, post_data, preload_content=True)
+        if response.status == 407:
+            # Only a proxy sends status 407. Without this, the SDK would report the
+            # proxy's page as an invalid response body from Stripe.
+            _raise_connection_error(
+                RuntimeError(
+                    "the Stripe proxy rejected its credentials "
+                    "(407 Proxy Authentication Required); check STRIPE_PROXY_URL"
+                ),
+                should_retry=False,
+            )
         return response.data, response.status, response.headers
 
     def request_stream(
@@ -137,8 +148,8 @@ def _split_proxy_credentials(proxy_url: str) -> tuple[str, dict[str, str]]:
     """Return the proxy address without credentials, and its auth header.
 
     urllib3 does not send the ``user:password@`` of a proxy address, so the
-    credentials go in a Proxy-Authorization header (Basic), as requests sends
-    them.
+    credentials go in a Proxy-Authorization header (Basic), encoded as UTF-8.
+    The settings check that they decode.
     """
     parts = urllib.parse.urlsplit(proxy_url)
     if parts.username is None:
@@ -151,7 +162,8 @@ def _split_proxy_credentials(proxy_url: str) -> tuple[str, dict[str, str]]:
         host = f"[{host}]"
     netloc = host if parts.port is None else f"{host}:{parts.port}"
     address = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return address, urllib3.make_headers(proxy_basic_auth=credentials)
+    token = base64.b64encode(credentials.encode()).decode("ascii")
+    return address, {"Proxy-Authorization": f"Basic {token}"}
 
 
 def _raise_connection_error(error: Exception, *, should_retry: bool) -> NoReturn:

@@ -182,7 +182,10 @@ def _reject_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise ValueError(f"key {key!r} appears more than once in an object")
+                key_text = key if len(key) <= 100 else key[:100] + "..."
+                raise ValueError(
+                    f"key {key_text!r} appears more than once in an object"
+                )
             seen.add(key)
     return document
 

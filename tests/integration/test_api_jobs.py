@@ -267,6 +267,19 @@ def test_enqueue_empty_or_nan_body_rejected(client, operator, data):
     assert response.json["error"]["code"] == "invalid_json"
 
 
+def test_enqueue_long_repeated_key_shortened(client, operator):
+    headers = {**operator.headers, "Content-Type": "application/json"}
+    key = "k" * 30_000
+    data = f'{{"type": "billing_run", "{key}": 1, "{key}": 2}}'
+
+    response = client.post("/v1/jobs", data=data, headers=headers)
+
+    assert response.status_code == 400
+    assert "appears more than once" in response.json["error"]["message"]
+    assert len(response.json["error"]["message"]) < 400
+    assert job_count() == 0
+
+
 def test_enqueue_huge_integer_rejected(client, operator):
     headers = {**operator.headers, "Content-Type": "application/json"}
     data = '{"type": "billing_run", "params": {"period": ' + "9" * 5000 + "}}"

@@ -84,6 +84,7 @@ class _ForwardProxy(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+
         target = urllib.parse.urlsplit(self.path)
         if target.hostname not in ("127.0.0.1", "::1"):
             self.send_error(403, "this proxy forwards to loopback only")
@@ -94,6 +95,7 @@ class _ForwardProxy(BaseHTTPRequestHandler):
             for name, value in self.headers.items()
             if name.lower() not in HOP_BY_HOP
         }
+
         upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=5)
         try:
             path = target.path + (f"?{target.query}" if target.query else "")
@@ -102,6 +104,7 @@ class _ForwardProxy(BaseHTTPRequestHandler):
             payload = response.read()
         finally:
             upstream.close()
+
         self.send_response(response.status)
         for name, value in response.getheaders():
             if name.lower() not in HOP_BY_HOP | {"content-length"}:
@@ -180,18 +183,40 @@ def test_charge_goes_through_proxy(stripe_test_server, forward_proxy, stripe_ser
     assert len(stripe_test_server.payment_intents()) == 1
 
 
-def test_proxy_credentials_sent_as_basic_auth(stripe_test_server, stripe_server):
-    expected = "Basic " + base64.b64encode(b"clinic:s3cr@t").decode()
+@pytest.fixture
+def auth_proxy() -> Iterator[_Server]:
+    """A forward proxy that requires the user clinic with the password s3cr@t€."""
+    expected = "Basic " + base64.b64encode("clinic:s3cr@t€".encode()).decode()
     proxy = serve(_ForwardProxy, required_auth=expected)
-    proxy_url = f"http://clinic:s3cr%40t@127.0.0.1:{proxy.server_address[1]}"
-    try:
-        intent = charge_through_proxy(stripe_test_server, proxy_url, "proxy-auth-1")
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()
+
+
+def test_proxy_credentials_sent_as_basic_auth(
+    stripe_test_server, auth_proxy, stripe_server
+):
+    port = auth_proxy.server_address[1]
+    proxy_url = f"http://clinic:s3cr%40t%E2%82%AC@127.0.0.1:{port}"
+
+    intent = charge_through_proxy(stripe_test_server, proxy_url, "proxy-auth-1")
 
     assert intent.status == "succeeded"
-    assert len(proxy.seen) == 1
+    assert len(auth_proxy.seen) == 1
+
+
+def test_wrong_proxy_password_not_retryable(
+    stripe_test_server, auth_proxy, stripe_server
+):
+    proxy_url = f"http://clinic:wrong@127.0.0.1:{auth_proxy.server_address[1]}"
+
+    with pytest.raises(stripe.APIConnectionError) as caught:
+        charge_through_proxy(stripe_test_server, proxy_url, "proxy-auth-2")
+
+    assert caught.value.should_retry is False
+    assert "407 Proxy Authentication Required" in str(caught.value)
+    assert "wrong" not in str(caught.value)
+    assert stripe_test_server.payment_intents() == []
 
 
 def test_untrusted_certificate_not_retryable(self_signed_server):

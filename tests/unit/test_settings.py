@@ -38,6 +38,10 @@ def test_defaults_point_at_local_servers(monkeypatch):
         ("STRIPE_API_BASE", "ftp://stripe.example", "STRIPE_API_BASE"),
         ("STRIPE_PROXY_URL", "ftp://proxy.example", "STRIPE_PROXY_URL"),
         ("STRIPE_PROXY_URL", "http://", "STRIPE_PROXY_URL"),
+        ("STRIPE_API_BASE", "http://127.0.0.1:99999", "STRIPE_API_BASE"),
+        ("STRIPE_API_BASE", "http://127.0.0.1:0", "STRIPE_API_BASE"),
+        ("STRIPE_PROXY_URL", "http://u:p@127.0.0.1:notaport", "STRIPE_PROXY_URL"),
+        ("STRIPE_PROXY_URL", "http://u:p%E9ss@127.0.0.1:3128", "STRIPE_PROXY_URL"),
     ],
 )
 def test_invalid_value_names_variable(monkeypatch, variable, value, expected):
@@ -76,10 +80,26 @@ def test_messages_have_no_validator_prefix(monkeypatch):
     )
 
 
+def test_proxy_error_hides_password(monkeypatch):
+    # An unencoded # ends the address early, so the port reads as "sec".
+    monkeypatch.setenv("STRIPE_PROXY_URL", "http://user:sec#ret@127.0.0.1:3128")
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+
+    assert "STRIPE_PROXY_URL" in str(caught.value)
+    assert "percent-encode" in str(caught.value)
+    assert "sec" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
         ("", None),
+        (
+            "http://clinic:%E2%82%AC@127.0.0.1:3128",
+            "http://clinic:%E2%82%AC@127.0.0.1:3128",
+        ),
         ("http://127.0.0.1:3128", "http://127.0.0.1:3128"),
         ("HTTPS://proxy.example:443", "HTTPS://proxy.example:443"),
     ],
