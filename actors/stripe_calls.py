@@ -33,9 +33,13 @@ def is_transient(error: Exception) -> bool:
 
     Connection errors, timeouts, 429 (including ``lock_timeout``), 5xx and 409
     ``idempotency_key_in_use`` are transient. Declines, invalid requests,
-    authentication and idempotency mismatches are not.
+    authentication and idempotency mismatches are not, and neither are
+    connection errors that the HTTP client marks as not worth retrying (a
+    certificate that failed to verify, a proxy that rejected its credentials).
     """
-    if isinstance(error, stripe.APIConnectionError | stripe.RateLimitError):
+    if isinstance(error, stripe.APIConnectionError):
+        return error.should_retry
+    if isinstance(error, stripe.RateLimitError):
         return True
     if isinstance(error, stripe.CardError | stripe.IdempotencyError):
         return False

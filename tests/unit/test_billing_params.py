@@ -84,7 +84,8 @@ def api_error(status: int) -> stripe.APIError:
 @pytest.mark.parametrize(
     ("error", "transient"),
     [
-        (stripe.APIConnectionError("reset"), True),
+        (stripe.APIConnectionError("reset", should_retry=True), True),
+        (stripe.APIConnectionError("bad certificate", should_retry=False), False),
         (stripe.RateLimitError("slow down", http_status=429), True),
         (api_error(500), True),
         (api_error(503), True),
