@@ -122,10 +122,11 @@ class AsciiIntegerConverter(IntegerConverter):
     """The ``int`` path converter, for ids written only with the digits 0-9.
 
     werkzeug's converter matches any Unicode digit, so a path with the
-    Arabic-Indic digit one (U+0661) would read tenant 1.
+    Arabic-Indic digit one (U+0661) would read tenant 1. Leading zeros are
+    not matched either, so each resource has one path.
     """
 
-    regex = "[0-9]+"
+    regex = "0|[1-9][0-9]*"
 
 
 def _new_app() -> VetqueueOpenAPI:

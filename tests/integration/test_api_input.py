@@ -172,7 +172,9 @@ def test_unknown_requeue_parameter_rejected(client, operator):
     assert response.json["error"]["details"]["fields"][0]["field"] == "bogus"
 
 
-@pytest.mark.parametrize("path", ["/v1/tenants/%D9%A1", "/v1/tenants/%EF%BC%91"])
+@pytest.mark.parametrize(
+    "path", ["/v1/tenants/%D9%A1", "/v1/tenants/%EF%BC%91", "/v1/tenants/01"]
+)
 def test_path_id_needs_ascii_digits(client, operator, make_tenant, path):
     make_tenant()
 
