@@ -21,6 +21,7 @@ from pydantic import (
     StringConstraints,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from infra.db import transaction
 from models.billing import InvoiceStatus, list_invoices, rearm_awaiting_invoices
@@ -178,6 +179,7 @@ class TenantUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: TenantName | None = None
+    time_zone: TimeZoneName | None = None
     plan_price_cents: PlanPriceCents | None = None
     status: TenantStatus | None = None
     stripe_customer_id: StripeCustomerId | None = Field(
@@ -187,7 +189,19 @@ class TenantUpdate(BaseModel):
         None, description="null removes the payment method."
     )
 
-    @field_validator("name", "plan_price_cents", "status", mode="before")
+    # Invoices carry the currency they were billed in, so a tenant keeps its
+    # currency. The field is declared only to reject it with a clear reason.
+    currency: SkipJsonSchema[object] = None
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _reject_currency(cls, value: object) -> object:
+        raise ValueError(
+            "cannot be changed after the tenant is created; create a new tenant "
+            "for another currency"
+        )
+
+    @field_validator("name", "time_zone", "plan_price_cents", "status", mode="before")
     @classmethod
     def _reject_null(cls, value: object) -> object:
         # Runs only for fields sent in the body, so an explicit null fails here

@@ -167,6 +167,32 @@ def test_patch_tenant_changes_fields(client, operator, make_tenant):
     assert response.json["stripe_payment_method_id"] == "pm_card_visa"
 
 
+def test_patch_tenant_changes_time_zone(client, operator, make_tenant):
+    tenant_id = make_tenant()
+
+    response = client.patch(
+        f"/v1/tenants/{tenant_id}",
+        json={"time_zone": "Europe/Lisbon"},
+        headers=operator.headers,
+    )
+
+    assert response.status_code == 200
+    assert response.json["time_zone"] == "Europe/Lisbon"
+
+
+def test_patch_currency_rejected_with_reason(client, operator, make_tenant):
+    tenant_id = make_tenant()
+
+    response = client.patch(
+        f"/v1/tenants/{tenant_id}", json={"currency": "usd"}, headers=operator.headers
+    )
+
+    assert response.status_code == 422
+    [problem] = response.json["error"]["details"]["fields"]
+    assert problem["field"] == "currency"
+    assert problem["message"].startswith("cannot be changed")
+
+
 def test_patch_tenant_clears_payment_method(client, operator, make_tenant):
     tenant_id = make_tenant()
 
@@ -186,7 +212,9 @@ def test_patch_tenant_clears_payment_method(client, operator, make_tenant):
         ({"name": None}, "name"),
         ({"status": "closed"}, "status"),
         ({"plan_price_cents": -5}, "plan_price_cents"),
-        ({"time_zone": "UTC"}, "time_zone"),
+        ({"time_zone": "Mars/Olympus"}, "time_zone"),
+        ({"time_zone": None}, "time_zone"),
+        ({"currency": "usd"}, "currency"),
         ({"stripe_payment_method_id": "tok_visa"}, "stripe_payment_method_id"),
     ],
 )
