@@ -214,6 +214,15 @@ def require_json_body() -> None:
             "unsupported_media_type",
             f"expected a JSON body with Content-Type application/json, got {sent}",
         )
+    charset = request.mimetype_params.get("charset", "utf-8")
+    if charset.lower() not in ("utf-8", "utf8"):
+        # JSON exchanged between systems is UTF-8, and the body is decoded as
+        # UTF-8 whatever the header says.
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"expected a JSON body in UTF-8, got charset={charset}",
+        )
     # Reading the body raises RequestEntityTooLarge (413) past MAX_CONTENT_LENGTH
     # when the request has a Content-Length.
     data = request.get_data(cache=True)

@@ -311,7 +311,16 @@ def test_enqueue_repeated_key_rejected(client, operator, data):
     assert job_count() == 0
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/xml"])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "application/xml",
+        "application/json; charset=latin-1",
+        "application/json; charset=utf-16",
+    ],
+)
 def test_enqueue_wrong_content_type_rejected(client, operator, content_type):
     headers = dict(operator.headers)
     if content_type:
@@ -322,6 +331,16 @@ def test_enqueue_wrong_content_type_rejected(client, operator, content_type):
     assert response.status_code == 415
     assert response.json["error"]["code"] == "unsupported_media_type"
     assert job_count() == 0
+
+
+def test_enqueue_utf8_charset_accepted(client, operator):
+    headers = {**operator.headers, "Content-Type": "application/json; charset=UTF-8"}
+    body = '{"type": "billing_run", "params": {"period": "2025-06"}}'
+
+    response = client.post("/v1/jobs", data=body, headers=headers)
+
+    assert response.status_code == 202
+    assert job_count() == 1
 
 
 def test_enqueue_oversized_body_rejected(client, operator):
