@@ -131,7 +131,7 @@ def run_sql(
         return rows, result.rowcount
     with target.cursor(row_factory=namedtuple_row) as cursor:
         cursor.execute(sql, params)
-        # The result status tells whether rows came back. Reading
+        # The result status shows whether rows came back. Reading
         # ``cursor.description`` instead builds a column object per field.
         result = cursor.pgresult
         returned_rows = result is not None and result.status == pq.ExecStatus.TUPLES_OK

@@ -12,9 +12,9 @@ from infra.settings import get_settings
 def connect(url: str) -> redis.Redis:
     """Return a Redis client whose connects and replies time out.
 
-    Without a socket timeout, a Redis server that stops answering without
-    closing the connection would block the caller forever: an API request
-    after its commit, or a worker thread.
+    Without a socket timeout, a Redis server that stops replying without
+    closing the connection would block the caller forever, be it an API
+    request after its commit or a worker thread.
     """
     timeout_s = get_settings().redis_timeout_s
     return redis.Redis.from_url(

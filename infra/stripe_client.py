@@ -134,8 +134,8 @@ class Urllib3Client(stripe.HTTPClient):
                 preload_content=preload_content,
             )
         except urllib3.exceptions.SSLError as error:
-            # should_retry tells the charging code whether sending again can
-            # help, and a certificate that failed to verify fails again.
+            # The charging code retries only errors marked should_retry, and a
+            # certificate that failed to verify fails again.
             _raise_connection_error(error, should_retry=False)
         except (urllib3.exceptions.HTTPError, OSError) as error:
             # After a refused or dropped connection or a timeout, the request

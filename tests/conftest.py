@@ -8,6 +8,7 @@ the session stops with an error instead of skipping tests.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -88,6 +89,13 @@ def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout_s}s: {predicate}")
         time.sleep(interval_s)
+
+
+def closed_port() -> int:
+    """Return a loopback port with no listener, so connecting is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run_worker_until(

@@ -217,7 +217,7 @@ def require_json_body() -> None:
     charset = request.mimetype_params.get("charset", "utf-8")
     if charset.lower() not in ("utf-8", "utf8"):
         # JSON exchanged between systems is UTF-8, and the body is decoded as
-        # UTF-8 whatever the header says.
+        # UTF-8 whatever charset the header declares.
         raise ApiError(
             415,
             "unsupported_media_type",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import socket
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from actors.registry import QUEUES
 from infra.db import transaction
 from models.jobs import Job, JobStatus
 from scheduler.schedules import SCHEDULES
-from tests.conftest import reconfigure
+from tests.conftest import closed_port, reconfigure
 from web import VetqueueOpenAPI
 
 QUEUE_FIELDS = {
@@ -102,13 +101,6 @@ def test_readyz_when_servers_answer(client):
 
     assert response.status_code == 200
     assert response.json["checks"] == {"database": "ok", "redis": "ok"}
-
-
-def closed_port() -> int:
-    """Return a loopback port with no listener, so connecting is refused."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_readyz_names_failed_redis(app, client):

@@ -189,7 +189,7 @@ def test_cut_batch_resent_by_sweeper(broker, cut_broker, caplog):
 
 @pytest.fixture
 def silent_redis() -> Iterator[int]:
-    """A loopback port that accepts connections and never answers, as a hung Redis."""
+    """A loopback port that accepts connections and never replies, as a hung Redis."""
     listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import http.client
 import os
-import socket
 import ssl
 import threading
 import urllib.parse
@@ -18,7 +17,7 @@ import trustme
 
 from devservers.stripe_server import StripeTestServer
 from infra.stripe_client import Urllib3Client, get_stripe
-from tests.conftest import reconfigure
+from tests.conftest import closed_port, reconfigure
 
 API_KEY = "sk_test_vetqueue_client"
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding"}
@@ -243,10 +242,7 @@ def test_read_timeout_retryable(stripe_test_server):
 
 
 def test_refused_connection_retryable():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    client = make_client(f"http://127.0.0.1:{port}")
+    client = make_client(f"http://127.0.0.1:{closed_port()}")
 
     with pytest.raises(stripe.APIConnectionError) as caught:
         create_intent(client, "refused-1")
