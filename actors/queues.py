@@ -65,18 +65,30 @@ def requeue_dead_letters(queue: str, *, limit: int) -> dict[str, int]:
 
     A dead letter whose ledger job is ``failed`` is reset to ``enqueued`` and
     sent as a new message. One whose job already left ``failed`` (retried
-    through the API since) is only removed. One with no ledger job to run,
-    such as a message that bypassed the ledger, stays for an operator to read.
+    through the API since), or was sent again earlier in this call, is only
+    removed. One with no ledger job to run, such as a message that bypassed
+    the ledger, stays for an operator to read.
     """
     namespace = get_settings().dramatiq_namespace
     client = get_redis()
     dead_key = f"{namespace}:{queue}.XQ"
     counts = {"requeued": 0, "removed": 0, "kept": 0}
+    # A job with several dead letters is sent once. A worker may have run and
+    # failed it again before its next letter is read, and that letter would
+    # otherwise send it a second time.
+    sent: set[uuid.UUID] = set()
 
     for redis_id in client.zrange(dead_key, 0, limit - 1):
         payload = client.hget(f"{dead_key}.msgs", redis_id)
         job_id = _job_id_of(payload)
-        outcome = _requeue_job(job_id) if job_id else "kept"
+        if job_id is None:
+            outcome = "kept"
+        elif job_id in sent:
+            outcome = "removed"
+        else:
+            outcome = _requeue_job(job_id)
+        if outcome == "requeued":
+            sent.add(job_id)
         if outcome != "kept":
             with client.pipeline() as pipe:
                 pipe.zrem(dead_key, redis_id)
