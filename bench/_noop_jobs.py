@@ -14,6 +14,7 @@ from dramatiq.brokers.redis import RedisBroker
 from actors.registry import JobParams, job_type
 from infra.settings import Settings
 
+LEDGER_QUEUE = "billing"
 BARE_QUEUE = "bench_bare"
 BARE_ACTOR = "bench_bare_noop"
 
@@ -24,7 +25,7 @@ class NoopParams(JobParams):
 
 
 @job_type(
-    queue="billing",
+    queue=LEDGER_QUEUE,
     params=NoopParams,
     time_limit_ms=60_000,
     max_retries=0,
