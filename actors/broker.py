@@ -16,7 +16,7 @@ from actors.errors import Defer, LedgerUnavailable, MalformedMessage, PermanentJ
 from actors.middleware import LedgerMiddleware, current_run
 from actors.redis_broker import BatchingRedisBroker
 from actors.registry import JOB_TYPES, JobType, load_job_modules
-from infra.db import driver_autocommit
+from infra.db import ledger_autocommit
 from infra.redis import connect
 from infra.settings import Settings, get_settings
 from models.jobs import JobStatus, finish
@@ -101,7 +101,7 @@ def _defer(job_type: JobType, kwargs: dict[str, Any], deferral: Defer) -> None:
     run = current_run()
     assert run is not None
     delay_ms = max(1, int(deferral.delay_s * 1000))
-    with driver_autocommit() as conn:
+    with ledger_autocommit() as conn:
         recorded = finish(
             conn,
             job_id=run.job_id,

@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from infra import logging as log_context
-from infra.db import driver_autocommit, transaction
+from infra.db import close_ledger_connection, ledger_autocommit, transaction
 from models.jobs import Claim, Job, JobStatus, claim, finish, mark_pending_failed
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class LedgerMiddleware(Middleware):
             self._reject_unknown(message, reason="message id is not a job id")
             return
         try:
-            with driver_autocommit() as conn:
+            with ledger_autocommit() as conn:
                 outcome = claim(conn, job_id=job_id, lease_s=lease_s)
         except Exception:
             # Without a run context the actor raises LedgerUnavailable, so
@@ -226,6 +226,11 @@ class LedgerMiddleware(Middleware):
             if run.log_token is not None:
                 log_context.unbind(run.log_token)
 
+    def before_worker_thread_shutdown(
+        self, broker: dramatiq.Broker, thread: threading.Thread
+    ) -> None:
+        close_ledger_connection()
+
     def after_skip_message(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
     ) -> None:
@@ -270,7 +275,7 @@ class LedgerMiddleware(Middleware):
 
     def _record(self, run: RunContext, status: JobStatus, **fields: Any) -> None:
         assert run.job_id is not None
-        with driver_autocommit() as conn:
+        with ledger_autocommit() as conn:
             recorded = finish(
                 conn, job_id=run.job_id, attempt=run.attempt, status=status, **fields
             )

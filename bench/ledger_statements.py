@@ -1,17 +1,21 @@
-"""Benchmark: client CPU of the ledger's claim and finish, in three variants.
+"""Benchmark: CPU of the ledger's claim and finish, in four variants.
 
 Every job a worker runs makes two ledger transactions: ``models.jobs.claim``
 before the actor and ``models.jobs.finish`` after it. This benchmark runs both
-on one thread, one job at a time, and reports the client's CPU time per job
-(``time.thread_time``) and the wall time:
+on one thread, one job at a time, and reports per job the client's CPU time
+(``time.thread_time``), PostgreSQL's CPU time (every ``postgres`` process,
+the WAL writer included) and the wall time:
 
 - ``models.jobs.claim`` and ``models.jobs.finish`` (SQL built once) in
   ORM sessions;
 - the same SQL built with the ORM on every call, with
   ``synchronize_session=False``, as the ledger did before;
 - ``models.jobs.claim`` and ``models.jobs.finish`` on a pooled psycopg
-  connection in autocommit (``infra.db.driver_autocommit``), as the ledger
-  middleware runs them.
+  connection in autocommit (``infra.db.driver_autocommit``), with durable
+  commits;
+- the same on the thread's own ledger connection
+  (``infra.db.ledger_autocommit``), whose commits do not wait for the WAL
+  flush, as the ledger middleware runs them.
 
 Run from the repository root: ``python -m bench.ledger_statements [--jobs N]``.
 """
@@ -24,12 +28,15 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
+import psycopg
 from sqlalchemy import and_, case, func, or_, update
 from sqlalchemy.orm import Session
 
 from bench._common import (
     BenchError,
+    CpuUsage,
     apply_environment,
     bench_environment,
     check_bench_urls,
@@ -123,12 +130,29 @@ def run_without_sync(job_ids: list[uuid.UUID]) -> None:
 
 def run_prebuilt_sql(job_ids: list[uuid.UUID]) -> None:
     from infra.db import driver_autocommit
+
+    run_on(driver_autocommit, job_ids)
+
+
+def run_on_ledger_connection(job_ids: list[uuid.UUID]) -> None:
+    from infra.db import close_ledger_connection, ledger_autocommit
+
+    try:
+        run_on(ledger_autocommit, job_ids)
+    finally:
+        close_ledger_connection()
+
+
+def run_on(
+    lend: Callable[[], AbstractContextManager[psycopg.Connection]],
+    job_ids: list[uuid.UUID],
+) -> None:
     from models.jobs import JobStatus, claim, finish
 
     for job_id in job_ids:
-        with driver_autocommit() as conn:
+        with lend() as conn:
             outcome = claim(conn, job_id=job_id, lease_s=LEASE_S)
-        with driver_autocommit() as conn:
+        with lend() as conn:
             finish(
                 conn, job_id=job_id, attempt=outcome.attempt, status=JobStatus.SUCCEEDED
             )
@@ -153,14 +177,20 @@ def create_jobs(count: int) -> list[uuid.UUID]:
         return [job.id for job, _ in insert_jobs(session, new_jobs)]
 
 
-def measure(run: Callable[[list[uuid.UUID]], None], count: int) -> tuple[float, float]:
-    """Return the client CPU and wall milliseconds per job of ``run``."""
+def measure(
+    run: Callable[[list[uuid.UUID]], None], count: int
+) -> tuple[float, float, float]:
+    """Return client CPU, PostgreSQL CPU and wall milliseconds per job of ``run``."""
     job_ids = create_jobs(count)
+    servers = CpuUsage(worker_process_group=None)
+    servers.start()
     cpu_started, wall_started = time.thread_time(), time.perf_counter()
     run(job_ids)
     cpu_ms = (time.thread_time() - cpu_started) * 1000 / count
     wall_ms = (time.perf_counter() - wall_started) * 1000 / count
-    return cpu_ms, wall_ms
+    servers.stop()
+    postgres_ms = servers.by_group["postgres"] * 1000 / count
+    return cpu_ms, postgres_ms, wall_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = [
         ("models.jobs statements, ORM sessions", run_as_written),
         ("ORM statements built per call, no session sync", run_without_sync),
-        ("models.jobs statements, driver connection", run_prebuilt_sql),
+        ("models.jobs statements, pooled driver connection", run_prebuilt_sql),
+        ("models.jobs statements, ledger connection", run_on_ledger_connection),
     ]
     rows = []
     with exclusive_run(), cleanup_on_exit(drop_database):
@@ -195,12 +226,24 @@ def main(argv: list[str] | None = None) -> int:
         measure(run_as_written, min(args.jobs, 200))
         for round_number in range(1, ROUNDS + 1):
             for label, run in variants:
-                cpu_ms, wall_ms = measure(run, args.jobs)
+                cpu_ms, postgres_ms, wall_ms = measure(run, args.jobs)
                 rows.append(
-                    [str(round_number), label, f"{cpu_ms:.2f}", f"{wall_ms:.2f}"]
+                    [
+                        str(round_number),
+                        label,
+                        f"{cpu_ms:.2f}",
+                        f"{postgres_ms:.2f}",
+                        f"{wall_ms:.2f}",
+                    ]
                 )
     print()
-    headers = ["round", "variant", "client CPU ms/job", "wall ms/job"]
+    headers = [
+        "round",
+        "variant",
+        "client CPU ms/job",
+        "PostgreSQL CPU ms/job",
+        "wall ms/job",
+    ]
     print(format_table(headers, rows))
     return 0
 

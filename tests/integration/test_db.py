@@ -1,17 +1,27 @@
-"""Pooled driver connections: autocommit is undone, and dead ones are dropped."""
+"""Driver connections: pooled ones and the ledger's own, dead ones replaced."""
 
 from __future__ import annotations
 
 import socket
+import threading
 
+import dramatiq
 import psycopg
 import pytest
 from sqlalchemy import text
 
+from actors.ledger import enqueue
 from infra import db
-from infra.db import driver_autocommit, run_sql, transaction
+from infra.db import (
+    close_ledger_connection,
+    driver_autocommit,
+    ledger_autocommit,
+    run_sql,
+    transaction,
+)
 from infra.settings import get_settings
 from tests.conftest import wait_for
+from tests.factories import all_jobs_finished
 
 
 @pytest.fixture
@@ -92,3 +102,87 @@ def test_pooled_connections_limit_network_waits(database):
     assert options["keepalives_idle"] == b"30"
     assert keepalive == 1
     assert user_timeout_ms == 30_000
+
+
+def show(conn: psycopg.Connection, setting: str) -> str:
+    return conn.execute(f"SHOW {setting}").fetchone()[0]
+
+
+def test_ledger_connection_is_kept_per_thread(database):
+    with ledger_autocommit() as conn:
+        pid = conn.info.backend_pid
+        assert conn.autocommit is True
+        assert show(conn, "synchronous_commit") == "off"
+        assert show(conn, "application_name") == db.LEDGER_APPLICATION_NAME
+        assert show(conn, "statement_timeout") == "30s"
+    with ledger_autocommit() as conn:
+        assert conn.info.backend_pid == pid
+
+    other_pids = []
+
+    def use_in_thread() -> None:
+        with ledger_autocommit() as conn:
+            other_pids.append(conn.info.backend_pid)
+        close_ledger_connection()
+
+    thread = threading.Thread(target=use_in_thread)
+    thread.start()
+    thread.join()
+    assert other_pids and other_pids[0] != pid
+    wait_for(lambda: not backend_alive(other_pids[0]))
+
+    # Everything else still waits for its commit to reach the disk.
+    with driver_autocommit() as conn:
+        assert show(conn, "synchronous_commit") == "on"
+    close_ledger_connection()
+    wait_for(lambda: not backend_alive(pid))
+
+
+def test_killed_ledger_connection_is_replaced(database):
+    with ledger_autocommit() as conn:
+        pid = conn.info.backend_pid
+    with admin_connection() as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    wait_for(lambda: not backend_alive(pid))
+
+    with pytest.raises(psycopg.OperationalError), ledger_autocommit() as conn:
+        conn.execute("SELECT 1")
+
+    with ledger_autocommit() as conn:
+        rows, _ = run_sql(conn, "SELECT pg_backend_pid() AS pid", {})
+    assert rows[0].pid != pid
+    close_ledger_connection()
+
+
+def test_reset_engine_replaces_ledger_connection(database):
+    with ledger_autocommit() as conn:
+        pid = conn.info.backend_pid
+    db.reset_engine()
+    with ledger_autocommit() as conn:
+        assert conn.info.backend_pid != pid
+    wait_for(lambda: not backend_alive(pid))
+    close_ledger_connection()
+
+
+def test_worker_threads_close_their_ledger_connections(broker):
+    def ledger_backends() -> set[int]:
+        with admin_connection() as admin:
+            cursor = admin.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE application_name = %s AND datname = current_database()",
+                [db.LEDGER_APPLICATION_NAME],
+            )
+            return {row[0] for row in cursor}
+
+    before = ledger_backends()
+    enqueue("billing_run", {"period": "2026-10"})
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    try:
+        wait_for(all_jobs_finished)
+        opened = ledger_backends() - before
+    finally:
+        worker.stop()
+
+    assert opened
+    wait_for(lambda: not ledger_backends() & opened)
