@@ -16,7 +16,7 @@ from actors.errors import Defer, LedgerUnavailable, MalformedMessage, PermanentJ
 from actors.middleware import LedgerMiddleware, current_run
 from actors.redis_broker import BatchingRedisBroker
 from actors.registry import JOB_TYPES, JobType, load_job_modules
-from infra.db import ledger_autocommit
+from infra.db import ledger_cursor
 from infra.redis import connect
 from infra.settings import Settings, get_settings
 from models.jobs import JobStatus, finish
@@ -101,9 +101,9 @@ def _defer(job_type: JobType, kwargs: dict[str, Any], deferral: Defer) -> None:
     run = current_run()
     assert run is not None
     delay_ms = max(1, int(deferral.delay_s * 1000))
-    with ledger_autocommit() as conn:
+    with ledger_cursor() as cursor:
         recorded = finish(
-            conn,
+            cursor,
             job_id=run.job_id,
             attempt=run.attempt,
             status=JobStatus.ENQUEUED,

@@ -294,7 +294,7 @@ FINISH_SQL = """
     WHERE id = %(job_id)s AND attempts = %(attempt)s AND status = 'running'
 """
 
-SqlTarget = psycopg.Connection | Connection | Session
+SqlTarget = psycopg.Connection | psycopg.Cursor[Any] | Connection | Session
 
 
 def succeed_cte(result_sql: str, *, condition_sql: str = "true") -> str:

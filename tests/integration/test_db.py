@@ -15,7 +15,7 @@ from infra import db
 from infra.db import (
     close_ledger_connection,
     driver_autocommit,
-    ledger_autocommit,
+    ledger_cursor,
     run_sql,
     transaction,
 )
@@ -104,67 +104,70 @@ def test_pooled_connections_limit_network_waits(database):
     assert user_timeout_ms == 30_000
 
 
-def show(conn: psycopg.Connection, setting: str) -> str:
-    return conn.execute(f"SHOW {setting}").fetchone()[0]
+def show(target: psycopg.Connection | psycopg.Cursor, setting: str) -> str:
+    return target.execute(f"SHOW {setting}").fetchone()[0]
 
 
-def test_ledger_connection_is_kept_per_thread(database):
-    with ledger_autocommit() as conn:
+def test_ledger_cursor_is_kept_per_thread(database):
+    with ledger_cursor() as cursor:
+        conn = cursor.connection
         pid = conn.info.backend_pid
         assert conn.autocommit is True
-        assert show(conn, "synchronous_commit") == "off"
-        assert show(conn, "application_name") == db.LEDGER_APPLICATION_NAME
-        assert show(conn, "statement_timeout") == "30s"
-    with ledger_autocommit() as conn:
-        assert conn.info.backend_pid == pid
+        assert show(cursor, "synchronous_commit") == "off"
+        assert show(cursor, "application_name") == db.LEDGER_APPLICATION_NAME
+        assert show(cursor, "statement_timeout") == "30s"
+    with ledger_cursor() as again:
+        assert again is cursor
+        assert again.connection.info.backend_pid == pid
 
     other_pids = []
 
     def use_in_thread() -> None:
-        with ledger_autocommit() as conn:
-            other_pids.append(conn.info.backend_pid)
+        with ledger_cursor() as cursor:
+            other_pids.append(cursor.connection.info.backend_pid)
         close_ledger_connection()
 
     thread = threading.Thread(target=use_in_thread)
     thread.start()
     thread.join()
-    assert other_pids and other_pids[0] != pid
+    assert other_pids
+    assert other_pids[0] != pid
     wait_for(lambda: not backend_alive(other_pids[0]))
 
     # Everything else still waits for its commit to reach the disk.
-    with driver_autocommit() as conn:
-        assert show(conn, "synchronous_commit") == "on"
+    with driver_autocommit() as pooled:
+        assert show(pooled, "synchronous_commit") == "on"
     close_ledger_connection()
     wait_for(lambda: not backend_alive(pid))
 
 
 def test_killed_ledger_connection_is_replaced(database):
-    with ledger_autocommit() as conn:
-        pid = conn.info.backend_pid
+    with ledger_cursor() as cursor:
+        pid = cursor.connection.info.backend_pid
     with admin_connection() as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", [pid])
     wait_for(lambda: not backend_alive(pid))
 
-    with pytest.raises(psycopg.OperationalError), ledger_autocommit() as conn:
-        conn.execute("SELECT 1")
+    with pytest.raises(psycopg.OperationalError), ledger_cursor() as cursor:
+        cursor.execute("SELECT 1")
 
-    with ledger_autocommit() as conn:
-        rows, _ = run_sql(conn, "SELECT pg_backend_pid() AS pid", {})
+    with ledger_cursor() as cursor:
+        rows, _ = run_sql(cursor, "SELECT pg_backend_pid() AS pid", {})
     assert rows[0].pid != pid
     close_ledger_connection()
 
 
 def test_reset_engine_replaces_ledger_connection(database):
-    with ledger_autocommit() as conn:
-        pid = conn.info.backend_pid
+    with ledger_cursor() as cursor:
+        pid = cursor.connection.info.backend_pid
     db.reset_engine()
-    with ledger_autocommit() as conn:
-        assert conn.info.backend_pid != pid
+    with ledger_cursor() as cursor:
+        assert cursor.connection.info.backend_pid != pid
     wait_for(lambda: not backend_alive(pid))
     close_ledger_connection()
 
 
-def test_worker_threads_close_their_ledger_connections(broker):
+def test_worker_threads_close_ledger_connections(broker):
     def ledger_backends() -> set[int]:
         with admin_connection() as admin:
             cursor = admin.execute(
