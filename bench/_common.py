@@ -282,9 +282,10 @@ class WorkerPool:
 
     def start(self, *, ready_timeout_s: float = 60) -> None:
         """Start the processes and wait until each one has polled Redis."""
-        # Each worker thread uses at most one connection at a time, and the
-        # check leaves a few for the benchmark's own polling.
-        check_connection_budget(self.processes * self.threads + 5)
+        # Each worker thread keeps its ledger connection and uses at most one
+        # pooled connection at a time. The check leaves a few connections for
+        # the benchmark's own polling.
+        check_connection_budget(2 * self.processes * self.threads + 5)
 
         heartbeats_key = f"{NAMESPACE}:__heartbeats__"
         client = bench_redis()
