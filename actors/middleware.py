@@ -15,7 +15,12 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from infra import logging as log_context
-from infra.db import close_ledger_connection, ledger_cursor, transaction
+from infra.db import (
+    close_ledger_connection,
+    driver_autocommit,
+    ledger_cursor,
+    transaction,
+)
 from models.jobs import Claim, Job, JobStatus, claim, finish, mark_pending_failed
 
 logger = logging.getLogger(__name__)
@@ -275,9 +280,13 @@ class LedgerMiddleware(Middleware):
 
     def _record(self, run: RunContext, status: JobStatus, **fields: Any) -> None:
         assert run.job_id is not None
-        with ledger_cursor() as cursor:
+        # A failed job runs again only when an operator retries it, so its
+        # outcome must survive a PostgreSQL crash. Failures are rare, so the
+        # durable commit adds little to the ledger's cost.
+        lend = driver_autocommit if status == JobStatus.FAILED else ledger_cursor
+        with lend() as target:
             recorded = finish(
-                cursor, job_id=run.job_id, attempt=run.attempt, status=status, **fields
+                target, job_id=run.job_id, attempt=run.attempt, status=status, **fields
             )
         if not recorded:
             logger.warning(

@@ -140,9 +140,11 @@ def ledger_cursor() -> Iterator[psycopg.Cursor[Any]]:
     by default, per the manual's "Asynchronous Commit" page), and a durable
     commit flushes every earlier record with its own. So a claim is durable
     once its job commits any work. A lost update leaves the row as it was,
-    and the sweeper sends the job again as after a worker death, which jobs
-    are idempotent for. A job's own work, including a success it records in
-    its own statement, and every other statement commit durably.
+    and the sweeper sends the job again as after a worker death. Jobs are
+    idempotent, so running one again is safe. A job's own work, including a
+    success it records in its own statement, commits durably. So do failed
+    outcomes, which only an operator's retry may undo, and every other
+    statement.
 
     The cursor is kept too, which saves about a quarter of the client CPU of
     each statement. A connection that failed is closed, and the next use

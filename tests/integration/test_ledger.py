@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dramatiq
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 
 from actors.ledger import enqueue
 from actors.maintenance import ScheduledParams, sweep_jobs
@@ -166,15 +166,17 @@ def test_repeated_worker_deaths_fail_job(broker):
     assert invoices() == []
 
 
-def test_malformed_params_dead_lettered_once(broker, worker):
+def send_malformed_job(broker: dramatiq.Broker, dedup_key: str) -> None:
+    """Add a ledger row with params its job type rejects, and send its message."""
     job_id = uuid.uuid4()
+    params = {"tenant_id": "not a number", "period": "2026-10"}
     with transaction() as session:
         session.add(
             Job(
                 id=job_id,
                 type="bill_tenant",
-                params={"tenant_id": "not a number", "period": "2026-10"},
-                dedup_key="malformed",
+                params=params,
+                dedup_key=dedup_key,
                 queue="billing",
                 status=JobStatus.ENQUEUED,
             )
@@ -183,13 +185,16 @@ def test_malformed_params_dead_lettered_once(broker, worker):
         queue_name="billing",
         actor_name="bill_tenant",
         args=(),
-        kwargs={"tenant_id": "not a number", "period": "2026-10"},
+        kwargs=params,
         options={},
         message_id=str(job_id),
         message_timestamp=int(time.time() * 1000),
     )
-
     broker.enqueue(message)
+
+
+def test_malformed_params_dead_lettered_once(broker, worker):
+    send_malformed_job(broker, "malformed")
     wait_for(lambda: dead_letters("billing") == 1, timeout_s=15)
     time.sleep(1)
 
@@ -363,3 +368,80 @@ def test_sweep_dead_letters_unreadable_payload(broker):
     assert not client.hexists(f"{NAMESPACE}:billing.msgs", "garbled")
     assert b"garbled" not in client.lrange(f"{NAMESPACE}:billing", 0, -1)
     assert queued_payloads("billing") == 1
+
+
+def test_lost_outcomes_rerun_without_second_charge(broker, stripe_server):
+    tenant_ids = create_tenants(3)
+    enqueue("billing_run", {"period": "2026-10"})
+    run_worker_until(broker, all_jobs_finished, timeout_s=60)
+    assert len(stripe_server.payment_intents()) == 3
+
+    # A PostgreSQL crash right after the ledger recorded these successes,
+    # which commit without waiting for the disk, would leave the jobs as
+    # their claims left them: running, with no message left in Redis.
+    with transaction() as session:
+        session.execute(
+            update(Job)
+            .where(Job.type.in_(["bill_tenant", "charge_invoice"]))
+            .values(
+                status=JobStatus.RUNNING,
+                finished_at=None,
+                lease_expires_at=text("now() - interval '1 second'"),
+            )
+        )
+    summary = sweep_jobs(ScheduledParams(slot="lost-outcomes"))
+    run_worker_until(broker, all_jobs_finished, timeout_s=60)
+
+    assert summary["resent"] == 6
+    with transaction() as session:
+        rerun = session.scalars(
+            select(Job).where(Job.type.in_(["bill_tenant", "charge_invoice"]))
+        ).all()
+    assert [job.status for job in rerun] == [JobStatus.SUCCEEDED] * 6
+    assert [job.attempts for job in rerun] == [2] * 6
+    assert [job.deaths for job in rerun] == [1] * 6
+    assert sorted(invoice.tenant_id for invoice in invoices()) == sorted(tenant_ids)
+    assert all(invoice.status.value == "paid" for invoice in invoices())
+    assert len(stripe_server.payment_intents()) == 3
+
+
+@pytest.fixture
+def commit_modes(database):
+    """Record the synchronous_commit setting of every update of a job's status."""
+    statements = [
+        "CREATE TABLE commit_modes (status text, synchronous_commit text)",
+        """CREATE FUNCTION record_commit_mode() RETURNS trigger AS $$
+        BEGIN
+            INSERT INTO commit_modes
+            VALUES (NEW.status::text, current_setting('synchronous_commit'));
+            RETURN NEW;
+        END $$ LANGUAGE plpgsql""",
+        """CREATE TRIGGER record_commit_mode AFTER UPDATE OF status ON jobs
+        FOR EACH ROW EXECUTE FUNCTION record_commit_mode()""",
+    ]
+    with transaction() as session:
+        for statement in statements:
+            session.execute(text(statement))
+
+    def read() -> set[tuple[str, str]]:
+        with transaction() as session:
+            return set(session.execute(text("SELECT * FROM commit_modes")).all())
+
+    yield read
+    with transaction() as session:
+        session.execute(text("DROP TRIGGER record_commit_mode ON jobs"))
+        session.execute(text("DROP FUNCTION record_commit_mode()"))
+        session.execute(text("DROP TABLE commit_modes"))
+
+
+def test_only_failed_outcomes_wait_for_disk(broker, worker, commit_modes):
+    enqueue("billing_run", {"period": "2026-10"}, dedup_key="fine")
+    send_malformed_job(broker, "malformed")
+    wait_for(lambda: get_job("fine").status == JobStatus.SUCCEEDED, timeout_s=15)
+    wait_for(lambda: get_job("malformed").status == JobStatus.FAILED, timeout_s=15)
+
+    assert commit_modes() == {
+        ("running", "off"),
+        ("succeeded", "off"),
+        ("failed", "on"),
+    }
