@@ -86,6 +86,9 @@ def create_app(config: dict[str, Any] | None = None) -> VetqueueOpenAPI:
 
     app = _new_app()
     app.url_map.converters["int"] = AsciiIntegerConverter
+    # A path with doubled slashes gets the JSON 404 of every other unknown
+    # path, instead of Werkzeug's redirect with an HTML body.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config.update(config or {})
     app.extensions["vetqueue"] = {

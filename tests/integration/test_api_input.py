@@ -182,3 +182,12 @@ def test_path_id_needs_ascii_digits(client, operator, make_tenant, path):
 
     assert response.status_code == 404
     assert "Clinic" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path", ["/v1//jobs", "/v1/tenants//1", "/healthz//"])
+def test_doubled_slash_is_json_404(client, operator, path):
+    response = client.post(path, headers=operator.headers, json={})
+
+    assert response.status_code == 404
+    assert response.json["error"]["code"] == "not_found"
+    assert "Location" not in response.headers
