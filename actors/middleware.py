@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import random
 import threading
 import uuid
 from typing import Any
@@ -19,11 +20,16 @@ from infra.db import (
     close_ledger_connection,
     driver_autocommit,
     ledger_cursor,
+    retry_once_if_disconnected,
     transaction,
 )
 from models.jobs import Claim, Job, JobStatus, claim, finish, mark_pending_failed
 
 logger = logging.getLogger(__name__)
+
+# Message option counting how often the ledger failed to claim a message.
+UNCLAIMED_TRIES_OPTION = "vetqueue_unclaimed_tries"
+UNCLAIMED_MAX_DELAY_S = 300
 
 
 @dataclasses.dataclass
@@ -107,16 +113,12 @@ class LedgerMiddleware(Middleware):
             self._reject_unknown(message, reason="message id is not a job id")
             return
         try:
-            with ledger_cursor() as cursor:
-                outcome = claim(cursor, job_id=job_id, lease_s=lease_s)
-        except Exception:
-            # Without a run context the actor raises LedgerUnavailable, so
-            # Dramatiq retries the message instead of acknowledging it.
-            logger.error(
-                "claiming the job in the ledger failed; the message will be retried",
-                extra={"job_id": str(job_id), "actor": message.actor_name},
-                exc_info=True,
+            outcome = retry_once_if_disconnected(
+                ledger_cursor,
+                lambda cursor: claim(cursor, job_id=job_id, lease_s=lease_s),
             )
+        except Exception:
+            self._send_unclaimed_again(broker, message, job_id)
             return
         if not outcome.started:
             self._skip(message, job_id, outcome)
@@ -131,15 +133,55 @@ class LedgerMiddleware(Middleware):
         )
         if outcome.deaths >= self.max_deaths:
             reason = (
-                f"worker died {outcome.deaths} times while running this job "
-                "(lease expired each time); marked failed instead of running again"
+                f"lease expired {outcome.deaths} times while running this job (a "
+                "worker died, or could not record the outcome); marked failed "
+                "instead of running again"
             )
             self._record(run, JobStatus.FAILED, error=reason)
-            logger.error("job failed after repeated worker deaths: %s", reason)
+            logger.error("job failed after repeated lease expiries: %s", reason)
             run.skip = True
             message.fail()
             return
         logger.debug("job started")
+
+    def _send_unclaimed_again(
+        self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, job_id: uuid.UUID
+    ) -> None:
+        """Send a message the ledger could not claim again later, and skip it now.
+
+        The job has not run, so the wait does not use up one of its retries: a
+        job without retries would otherwise fail because the database was
+        down. The delay doubles with each new try, up to a limit.
+        """
+        tries = message.options.get(UNCLAIMED_TRIES_OPTION, 0) + 1
+        delay_s = min(UNCLAIMED_MAX_DELAY_S, 2**tries) * random.uniform(0.5, 1)
+        extra = {"job_id": str(job_id), "actor": message.actor_name}
+        try:
+            broker.enqueue(
+                message.copy(options={UNCLAIMED_TRIES_OPTION: tries}),
+                delay=int(delay_s * 1000),
+            )
+        except Exception:
+            # Without a run context the actor raises LedgerUnavailable, so
+            # Dramatiq retries the message instead of acknowledging it.
+            logger.error(
+                "claiming the job in the ledger failed, and so did sending it again;"
+                " Dramatiq will retry the message",
+                extra=extra,
+                exc_info=True,
+            )
+            return
+        logger.error(
+            "claiming the job in the ledger failed; the message is sent again in"
+            " %.1f s (try %d)",
+            delay_s,
+            tries,
+            extra=extra,
+            exc_info=True,
+        )
+        _local.run = RunContext(
+            job_id=job_id, attempt=0, message_id=message.message_id, skip=True
+        )
 
     def _skip(
         self, message: dramatiq.MessageProxy, job_id: uuid.UUID, outcome: Claim
@@ -227,6 +269,13 @@ class LedgerMiddleware(Middleware):
         try:
             if not run.skip:
                 self._record_outcome(run, message, exception=exception)
+        except Exception:
+            logger.error(
+                "recording the job's outcome failed; the job stays running until"
+                " its lease expires, then the sweeper sends it again",
+                extra={"job_id": str(run.job_id), "actor": message.actor_name},
+                exc_info=True,
+            )
         finally:
             if run.log_token is not None:
                 log_context.unbind(run.log_token)
@@ -284,10 +333,12 @@ class LedgerMiddleware(Middleware):
         # outcome must survive a PostgreSQL crash. Failures are rare, so the
         # durable commit adds little to the ledger's cost.
         lend = driver_autocommit if status == JobStatus.FAILED else ledger_cursor
-        with lend() as target:
-            recorded = finish(
+        recorded = retry_once_if_disconnected(
+            lend,
+            lambda target: finish(
                 target, job_id=run.job_id, attempt=run.attempt, status=status, **fields
-            )
+            ),
+        )
         if not recorded:
             logger.warning(
                 "outcome %s not recorded: a newer attempt took the job over",

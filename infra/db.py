@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import logging
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import pq
@@ -15,6 +16,10 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _pool_pre_ping = True
 
@@ -165,6 +170,48 @@ def ledger_cursor() -> Iterator[psycopg.Cursor[Any]]:
         if conn.closed or conn.broken:
             close_ledger_connection()
         raise
+
+
+def retry_once_if_disconnected(
+    lend: Callable[[], AbstractContextManager[Any]],
+    operation: Callable[[Any], T],
+) -> T:
+    """Run ``operation`` on what ``lend`` lends, again on a new connection if needed.
+
+    A connection kept between messages, or pooled without a test before use,
+    is found closed only when a statement fails on it: after a database
+    restart, or when an operator ended its backend. The operation then runs
+    once more, on the new connection that ``lend`` opens. A failure on a
+    connection that is still usable (a statement timeout, say), or a second
+    failure, is raised.
+
+    NOTE: if the connection broke after the server committed the statement,
+    the statement runs twice. The ledger's claim and finish are guarded
+    updates: a second claim finds the job running and skips the message,
+    which the sweeper sends again once the lease expires, and a second
+    finish updates no row.
+    """
+    lent: list[Any] = []
+
+    def attempt() -> T:
+        with lend() as target:
+            lent.append(target)
+            return operation(target)
+
+    try:
+        return attempt()
+    except psycopg.OperationalError:
+        if not lent:
+            raise
+        conn = lent[-1].connection if isinstance(lent[-1], psycopg.Cursor) else lent[-1]
+        if not (conn.closed or conn.broken):
+            raise
+        logger.warning(
+            "database connection was closed by the server; running the statement"
+            " again on a new connection",
+            exc_info=True,
+        )
+        return attempt()
 
 
 def _open_ledger_connection() -> psycopg.Connection:

@@ -16,6 +16,7 @@ from infra.db import (
     close_ledger_connection,
     driver_autocommit,
     ledger_cursor,
+    retry_once_if_disconnected,
     run_sql,
     transaction,
 )
@@ -189,3 +190,39 @@ def test_worker_threads_close_ledger_connections(broker):
 
     assert opened
     wait_for(lambda: not ledger_backends() & opened)
+
+
+def backend_pid(target: psycopg.Connection | psycopg.Cursor) -> int:
+    return target.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+
+@pytest.mark.parametrize("lend", [ledger_cursor, driver_autocommit])
+def test_statement_reruns_after_disconnect(without_pre_ping, lend):
+    with lend() as target:
+        pid = backend_pid(target)
+    with admin_connection() as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    wait_for(lambda: not backend_alive(pid))
+
+    new_pid = retry_once_if_disconnected(lend, backend_pid)
+
+    assert new_pid != pid
+    close_ledger_connection()
+
+
+def test_live_connection_error_is_raised(database):
+    calls = []
+
+    def time_out(cursor: psycopg.Cursor) -> None:
+        calls.append(cursor.connection.info.backend_pid)
+        cursor.execute("SET statement_timeout = 50")
+        try:
+            cursor.execute("SELECT pg_sleep(1)")
+        finally:
+            cursor.execute("RESET statement_timeout")
+
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        retry_once_if_disconnected(ledger_cursor, time_out)
+
+    assert len(calls) == 1
+    close_ledger_connection()

@@ -162,7 +162,7 @@ def test_repeated_worker_deaths_fail_job(broker):
         worker.stop()
 
     assert failed.deaths == 3
-    assert "worker died 3 times" in failed.last_error
+    assert "lease expired 3 times" in failed.last_error
     assert invoices() == []
 
 
@@ -308,7 +308,7 @@ def test_unknown_actor_recorded_failed(broker, worker):
     assert "retired_actor" in job.last_error
 
 
-def test_claim_failure_retries_message(broker, worker):
+def test_claim_failure_sends_message_again(broker, worker):
     [tenant_id] = create_tenants(1)
     # The database rejects moving jobs to running, so the claim itself fails.
     with database_rejects(
@@ -445,3 +445,75 @@ def test_only_failed_outcomes_wait_for_disk(broker, worker, commit_modes):
         ("succeeded", "off"),
         ("failed", "on"),
     }
+
+
+def test_claim_failure_uses_no_retry(broker, worker):
+    # sweep_jobs has no retries, so a failed claim must not count as one.
+    with database_rejects(
+        table="jobs",
+        event="UPDATE",
+        condition="NEW.status = 'running'",
+        message="job claims rejected",
+    ):
+        enqueue("sweep_jobs", {"slot": "claims-rejected"})
+        wait_for(lambda: get_redis().hlen(f"{NAMESPACE}:maintenance.DQ.msgs") == 1)
+
+    job = wait_for(
+        lambda: (
+            get_job("sweep-jobs:claims-rejected").status == JobStatus.SUCCEEDED
+            and get_job("sweep-jobs:claims-rejected")
+        ),
+        timeout_s=30,
+    )
+    assert job.attempts == 1
+    assert dead_letters("maintenance") == 0
+
+
+def ledger_backends() -> list[int]:
+    with transaction() as session:
+        return list(
+            session.scalars(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = "
+                    "'vetqueue-ledger' AND datname = current_database()"
+                )
+            )
+        )
+
+
+@pytest.mark.parametrize("round_number", range(3))
+def test_killed_ledger_connections_cost_no_retry(broker, caplog, round_number):
+    worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
+    worker.start()
+    try:
+        for index in range(8):
+            enqueue("sweep_jobs", {"slot": f"warm-{round_number}-{index}"})
+        wait_for(all_jobs_finished, timeout_s=30)
+        killed = ledger_backends()
+        with transaction() as session:
+            session.execute(
+                text("SELECT pg_terminate_backend(pid) FROM unnest(:pids) AS pid"),
+                {"pids": killed},
+            )
+        wait_for(lambda: not set(ledger_backends()) & set(killed))
+
+        # Each job has no retries: a claim or finish on a dead connection
+        # would fail it.
+        for index in range(8):
+            enqueue("sweep_jobs", {"slot": f"after-{round_number}-{index}"})
+        wait_for(all_jobs_finished, timeout_s=30)
+    finally:
+        worker.stop()
+
+    assert killed
+    # The statements ran again on new connections, so no message waited.
+    assert not [
+        record
+        for record in caplog.records
+        if record.getMessage().startswith("claiming the job in the ledger failed")
+    ]
+    with transaction() as session:
+        jobs = session.scalars(select(Job)).all()
+    assert {job.status for job in jobs} == {JobStatus.SUCCEEDED}
+    assert {job.attempts for job in jobs} == {1}
+    assert dead_letters("maintenance") == 0
