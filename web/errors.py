@@ -214,6 +214,16 @@ def require_json_body() -> None:
             "unsupported_media_type",
             f"expected a JSON body with Content-Type application/json, got {sent}",
         )
+    encoding = request.headers.get("Content-Encoding", "identity").strip()
+    if encoding.lower() != "identity":
+        # The body would be parsed as it arrived, compressed, and reported as
+        # invalid JSON.
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Encoding {encoding[:40]!r} is not supported; send the JSON "
+            "body uncompressed",
+        )
     charset = request.mimetype_params.get("charset", "utf-8")
     if charset.lower() not in ("utf-8", "utf8"):
         # JSON exchanged between systems is UTF-8, and the body is decoded as

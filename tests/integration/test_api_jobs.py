@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import io
 import logging
 import threading
@@ -331,6 +332,36 @@ def test_enqueue_wrong_content_type_rejected(client, operator, content_type):
     assert response.status_code == 415
     assert response.json["error"]["code"] == "unsupported_media_type"
     assert job_count() == 0
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate, gzip"])
+def test_enqueue_compressed_body_rejected(client, operator, encoding):
+    body = gzip.compress(b'{"type": "billing_run"}')
+    headers = {
+        **operator.headers,
+        "Content-Type": "application/json",
+        "Content-Encoding": encoding,
+    }
+
+    response = client.post("/v1/jobs", data=body, headers=headers)
+
+    assert response.status_code == 415
+    assert "Content-Encoding" in response.json["error"]["message"]
+    assert repr(encoding) in response.json["error"]["message"]
+    assert job_count() == 0
+
+
+def test_enqueue_identity_encoding_accepted(client, operator):
+    headers = {
+        **operator.headers,
+        "Content-Type": "application/json",
+        "Content-Encoding": "identity",
+    }
+    body = '{"type": "billing_run", "params": {"period": "2025-06"}}'
+
+    response = client.post("/v1/jobs", data=body, headers=headers)
+
+    assert response.status_code == 202
 
 
 def test_enqueue_utf8_charset_accepted(client, operator):
