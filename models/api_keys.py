@@ -21,6 +21,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from models.base import Base, created_at_column, enum_values
 
 KEY_PREFIX = "vq_"
+# How many leading characters of a secret are stored in clear, to name the key
+# in listings.
+DISPLAY_PREFIX_CHARS = 10
 
 
 class ApiKeyRole(enum.StrEnum):
@@ -64,7 +67,7 @@ def create_api_key(
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
         key_hash=hash_key(secret),
-        display_prefix=secret[:10],
+        display_prefix=secret[:DISPLAY_PREFIX_CHARS],
         name=name,
         role=role,
         tenant_id=tenant_id,

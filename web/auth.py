@@ -93,12 +93,14 @@ def _principal_from_header(header: str | None) -> Principal:
         )
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
-    if (
-        scheme.lower() != "bearer"
-        or not token
-        or len(token) > MAX_TOKEN_CHARS
-        or not TOKEN_PATTERN.match(token)
-    ):
+    if scheme.lower() == "bearer" and len(token) > MAX_TOKEN_CHARS:
+        raise _unauthorized(
+            "invalid_api_key",
+            f"API key has {len(token)} characters, more than any key has "
+            f"({MAX_TOKEN_CHARS}); send the key that 'keys create' printed",
+            error="invalid_token",
+        )
+    if scheme.lower() != "bearer" or not token or not TOKEN_PATTERN.match(token):
         raise _unauthorized(
             "invalid_authorization_header",
             "malformed Authorization header; expected 'Bearer <API key>'",

@@ -10,7 +10,7 @@ from flask.cli import AppGroup
 from sqlalchemy import func, select
 
 from infra.db import transaction
-from models.api_keys import ApiKey, ApiKeyRole, create_api_key
+from models.api_keys import DISPLAY_PREFIX_CHARS, ApiKey, ApiKeyRole, create_api_key
 from models.tenants import Tenant
 
 keys = AppGroup("keys", help="Create, list and revoke API keys.")
@@ -123,6 +123,12 @@ def revoke_key(prefix: str) -> None:
             )
         ).all()
         if not matches:
+            if len(prefix) != DISPLAY_PREFIX_CHARS:
+                raise click.ClickException(
+                    f"a key's prefix has {DISPLAY_PREFIX_CHARS} characters, as "
+                    f"'flask --app web keys list' shows them; got {len(prefix)} "
+                    f"in {prefix!r}"
+                )
             raise click.ClickException(
                 f"no active API key has prefix {prefix!r}; "
                 "see 'flask --app web keys list'"
