@@ -16,7 +16,7 @@ from actors.errors import Defer, LedgerUnavailable, MalformedMessage, PermanentJ
 from actors.middleware import LedgerMiddleware, current_run
 from actors.redis_broker import BatchingRedisBroker
 from actors.registry import JOB_TYPES, JobType, load_job_modules
-from infra.db import ledger_cursor
+from infra.db import ledger_cursor, retry_once_if_disconnected
 from infra.redis import connect
 from infra.settings import Settings, get_settings
 from models.jobs import JobStatus, finish
@@ -101,8 +101,9 @@ def _defer(job_type: JobType, kwargs: dict[str, Any], deferral: Defer) -> None:
     run = current_run()
     assert run is not None
     delay_ms = max(1, int(deferral.delay_s * 1000))
-    with ledger_cursor() as cursor:
-        recorded = finish(
+    recorded = retry_once_if_disconnected(
+        ledger_cursor,
+        lambda cursor: finish(
             cursor,
             job_id=run.job_id,
             attempt=run.attempt,
@@ -110,7 +111,8 @@ def _defer(job_type: JobType, kwargs: dict[str, Any], deferral: Defer) -> None:
             error=f"deferred: {deferral.reason}",
             next_attempt_at=dt.datetime.now(dt.UTC)
             + dt.timedelta(milliseconds=delay_ms),
-        )
+        ),
+    )
     if not recorded:
         return
     message = dramatiq.Message(

@@ -29,8 +29,9 @@ def disable_pool_pre_ping() -> None:
 
     The test is a round trip on every checkout, and a worker checks out a
     connection several times per message. Workers can do without it: a job
-    that meets a connection the server dropped fails and is retried, and
-    SQLAlchemy then replaces every pooled connection. The web app keeps the
+    that meets a connection the server dropped fails and is retried, and the
+    pool is then replaced (by SQLAlchemy for sessions, by ``driver_autocommit``
+    for driver connections). The web app keeps the
     test, so that a request does not fail on a connection left over from
     before a database restart.
     """
@@ -98,8 +99,9 @@ def driver_autocommit() -> Iterator[psycopg.Connection]:
 
     For the few statements that every job runs: going to the driver directly
     skips SQLAlchemy's Connection and its parameter and result processing,
-    which cost about as much client CPU as the round trip. A connection that
-    failed is dropped from the pool instead of being lent again.
+    which cost about as much client CPU as the round trip. When a connection
+    turns out closed, it is dropped and the pool is replaced, so the other
+    pooled connections from before a database restart are not lent again.
     """
     pooled = get_engine().raw_connection()
     conn: psycopg.Connection = pooled.driver_connection
@@ -109,6 +111,10 @@ def driver_autocommit() -> Iterator[psycopg.Connection]:
     except Exception:
         if conn.closed or conn.broken:
             pooled.invalidate()
+            # The server most likely restarted, so the other idle connections
+            # are closed too. A new pool opens fresh ones, as SQLAlchemy's own
+            # disconnect handling does for sessions.
+            get_engine().dispose()
         raise
     finally:
         if pooled.is_valid:

@@ -83,6 +83,31 @@ def test_killed_connection_is_dropped(without_pre_ping):
     assert rows[0].pid != pid
 
 
+def test_pool_replaced_after_disconnect(without_pre_ping):
+    with driver_autocommit() as first, driver_autocommit() as second:
+        old_pids = {first.info.backend_pid, second.info.backend_pid}
+    with driver_autocommit() as third:
+        old_pids.add(third.info.backend_pid)
+    with admin_connection() as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest(%s) AS pid", [list(old_pids)]
+        )
+    wait_for(lambda: not any(backend_alive(pid) for pid in old_pids))
+
+    failures = 0
+    new_pids = set()
+    for _ in range(3):
+        try:
+            with driver_autocommit() as conn:
+                new_pids.add(backend_pid(conn))
+        except psycopg.OperationalError:
+            failures += 1
+
+    assert failures == 1
+    assert new_pids
+    assert not new_pids & old_pids
+
+
 def test_pooled_connections_limit_network_waits(database):
     with driver_autocommit() as conn:
         options = {
