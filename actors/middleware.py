@@ -147,7 +147,9 @@ class LedgerMiddleware(Middleware):
     def _send_unclaimed_again(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, job_id: uuid.UUID
     ) -> None:
-        """Send a message the ledger could not claim again later, and skip it now.
+        """Send a message that the ledger could not claim again after a delay.
+
+        This delivery is skipped and acknowledged.
 
         The job has not run, so the wait does not use up one of its retries: a
         job without retries would otherwise fail because the database was
@@ -171,13 +173,15 @@ class LedgerMiddleware(Middleware):
                 exc_info=True,
             )
             return
+        # While the database is down every waiting message comes back here,
+        # so only the first try logs the traceback.
         logger.error(
             "claiming the job in the ledger failed; the message is sent again in"
             " %.1f s (try %d)",
             delay_s,
             tries,
             extra=extra,
-            exc_info=True,
+            exc_info=tries == 1,
         )
         _local.run = RunContext(
             job_id=job_id, attempt=0, message_id=message.message_id, skip=True

@@ -191,8 +191,8 @@ def measure(
     cpu_ms = (time.thread_time() - cpu_started) * 1000 / count
     wall_ms = (time.perf_counter() - wall_started) * 1000 / count
     servers.stop()
-    # Closed only now: the CPU of a server process that exited before the
-    # reading above would not be counted as PostgreSQL's.
+    # Closed only after the reading, because the CPU of a server process that
+    # has exited is not counted as PostgreSQL's.
     close_ledger_connection()
     postgres_ms = servers.by_group["postgres"] * 1000 / count
     return cpu_ms, postgres_ms, wall_ms

@@ -15,8 +15,8 @@ Times run from the first enqueue, with the workers already running, so the
 enqueue and the processing overlap. Both cases are timed to the same point:
 the queue and its payload hash in Redis are empty, which happens only after
 the last acknowledgement. vetqueue's middleware records a job's outcome before
-the message is acknowledged, and once the clock has stopped the benchmark
-checks that every ledger row is ``succeeded``. Polling Redis costs both cases
+the message is acknowledged. Once the clock has stopped, the benchmark checks
+that every ledger row is ``succeeded``. Polling Redis costs both cases
 the same. Counting succeeded rows instead would scan the whole jobs table
 20 times a second, which took a few percent of the CPU under measurement.
 Target: vetqueue's end-to-end throughput is at least half of bare Dramatiq's.

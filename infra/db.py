@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg import pq
@@ -129,6 +129,15 @@ def driver_autocommit() -> Iterator[psycopg.Connection]:
 
 LEDGER_APPLICATION_NAME = "vetqueue-ledger"
 
+
+class _LedgerConnection(NamedTuple):
+    """A thread's ledger connection, its cursor, and the settings generation."""
+
+    generation: int
+    connection: psycopg.Connection
+    cursor: psycopg.Cursor[Any]
+
+
 _thread = threading.local()
 # reset_engine increments this, so that each thread replaces its ledger
 # connection, opened with earlier settings, the next time it needs one.
@@ -161,19 +170,22 @@ def ledger_cursor() -> Iterator[psycopg.Cursor[Any]]:
     each statement. A connection that failed is closed, and the next use
     opens a new one.
     """
-    state = getattr(_thread, "ledger", None)
-    if state is not None and (state[0] != _ledger_generation or state[1].closed):
+    ledger: _LedgerConnection | None = getattr(_thread, "ledger", None)
+    if ledger is not None and (
+        ledger.generation != _ledger_generation or ledger.connection.closed
+    ):
         close_ledger_connection()
-        state = None
-    if state is None:
+        ledger = None
+    if ledger is None:
         conn = _open_ledger_connection()
-        state = (_ledger_generation, conn, conn.cursor(row_factory=namedtuple_row))
-        _thread.ledger = state
-    conn, cursor = state[1], state[2]
+        ledger = _LedgerConnection(
+            _ledger_generation, conn, conn.cursor(row_factory=namedtuple_row)
+        )
+        _thread.ledger = ledger
     try:
-        yield cursor
+        yield ledger.cursor
     except Exception:
-        if conn.closed or conn.broken:
+        if ledger.connection.closed or ledger.connection.broken:
             close_ledger_connection()
         raise
 
@@ -182,7 +194,7 @@ def retry_once_if_disconnected(
     lend: Callable[[], AbstractContextManager[Any]],
     operation: Callable[[Any], T],
 ) -> T:
-    """Run ``operation`` on what ``lend`` lends, again on a new connection if needed.
+    """Run ``operation`` on a target from ``lend``, once more if its connection closed.
 
     A connection kept between messages, or pooled without a test before use,
     is found closed only when a statement fails on it: after a database
@@ -231,10 +243,10 @@ def _open_ledger_connection() -> psycopg.Connection:
 
 def close_ledger_connection() -> None:
     """Close this thread's ledger connection, if it has one."""
-    state = getattr(_thread, "ledger", None)
+    ledger: _LedgerConnection | None = getattr(_thread, "ledger", None)
     _thread.ledger = None
-    if state is not None:
-        state[1].close()
+    if ledger is not None:
+        ledger.connection.close()
 
 
 def run_sql(

@@ -376,9 +376,9 @@ def test_lost_outcomes_rerun_without_second_charge(broker, stripe_server):
     run_worker_until(broker, all_jobs_finished, timeout_s=60)
     assert len(stripe_server.payment_intents()) == 3
 
-    # A PostgreSQL crash right after the ledger recorded these successes,
-    # which commit without waiting for the disk, would leave the jobs as
-    # their claims left them: running, with no message left in Redis.
+    # A PostgreSQL crash can lose a success that the ledger recorded without
+    # waiting for the disk. The job is then as its claim left it: running,
+    # with no message in Redis. These jobs stand in for such a job.
     with transaction() as session:
         session.execute(
             update(Job)
@@ -497,8 +497,8 @@ def test_killed_ledger_connections_cost_no_retry(broker, caplog, round_number):
             )
         wait_for(lambda: not set(ledger_backends()) & set(killed))
 
-        # Each job has no retries: a claim or finish on a dead connection
-        # would fail it.
+        # These jobs have no retries, so a claim or finish on a dead
+        # connection would fail them.
         for index in range(8):
             enqueue("sweep_jobs", {"slot": f"after-{round_number}-{index}"})
         wait_for(all_jobs_finished, timeout_s=30)
